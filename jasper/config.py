@@ -180,7 +180,7 @@ def input(cfg: dict, split: str, source: str | None = None) -> tuple[dict, dict]
         f"{key}.audio_dataset",
         source,
         fill=True,
-        optional=("data_dir", "manifest_fpaths", "labels"),
+        optional=("data_dir", "manifest_fpaths", "labels", "seed"),
     )
     features_kw = _check_section(
         _detach(section.get("filterbank_features", {})),

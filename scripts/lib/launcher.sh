@@ -1,0 +1,57 @@
+# Shared by the launchers in scripts/: the CPU fallback and the distributed launch. Sourced, not run.
+# Expects NUM_GPUS and DALI_DEVICE to be set by the caller's defaults, and records which of them the
+# user set explicitly *before* the defaults were applied (launcher_explicit, below).
+
+# Which variables did the user set? Called at source time, before the caller's `: "${VAR:=...}"`.
+launcher_explicit=" "
+for _v in NUM_GPUS DALI_DEVICE; do
+  [[ -n "${!_v:-}" ]] && launcher_explicit+="$_v "
+done
+unset _v
+
+have_cuda() {
+  "${PYTHON:-python3}" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null
+}
+
+# Without CUDA: one CPU process and the PyTorch loader, unless the user asked otherwise; DALI on the
+# GPU without a GPU is an error.
+cpu_fallback() {
+  if have_cuda; then
+    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # as upstream: GPU processes need no CPU threads
+    return 0
+  fi
+  local notes=()
+  if [[ "$launcher_explicit" != *" NUM_GPUS "* && "$NUM_GPUS" != 1 ]]; then
+    NUM_GPUS=1
+    notes+=("NUM_GPUS=1")
+  fi
+  if [[ "$DALI_DEVICE" == gpu ]]; then
+    if [[ "$launcher_explicit" == *" DALI_DEVICE "* ]]; then
+      echo "error: DALI_DEVICE=gpu but no CUDA device is visible; use DALI_DEVICE=cpu or none" >&2
+      exit 2
+    fi
+    DALI_DEVICE=none
+    notes+=("DALI_DEVICE=none")
+  fi
+  if [[ "${AMP:-false}" == true && "${PRECISION:-fp16}" == fp16 ]]; then
+    echo "note: AMP with fp16 on a CPU is slow; PRECISION=bf16 is the CPU choice" >&2
+  fi
+  if [[ ${#notes[@]} -gt 0 ]]; then
+    echo "No CUDA device found: running on the CPU with ${notes[*]} (set them explicitly to override)."
+  fi
+}
+
+# run_python_maybe_distributed N script.py args...: torchrun with N processes when N > 1.
+run_python_maybe_distributed() {
+  local nproc=$1
+  shift
+  local cmd
+  if [[ "$nproc" -gt 1 ]]; then
+    cmd=("$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$nproc" "$@")
+  else
+    cmd=("$PYTHON" "$@")
+  fi
+  printf '%q ' "${cmd[@]}"
+  echo
+  exec "${cmd[@]}"
+}
