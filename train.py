@@ -33,7 +33,7 @@ import torch.distributed as dist
 from common import checkpoint as ckpt_io
 from common.logger import Logger, progress
 from common.metrics import ctc_greedy_text, word_error_rate
-from common.optimizers import apply_ema, build_optimizer, lr_policy, set_lr
+from common.optimizers import apply_ema, build_optimizer, lr_for_step, set_lr
 from jasper import config
 from jasper.model import CTCLoss, Jasper, greedy_decode, num_parameters
 
@@ -559,12 +559,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.pre_allocate_range and device.type == "cuda":
         pre_allocate(model, ctc, args, cfg, device, amp_ctx, micro_batch)
 
-    def lr_at(step: int, epoch: int) -> float:
-        policy_step = step if args.lr_order == "published" else step - 1
-        if policy_step < 1:
-            return args.lr  # upstream-current: the optimizer's initial (peak) LR at step 1
-        return lr_policy(
-            policy_step, epoch, args.lr, steps_per_epoch=steps_per_epoch,
+    def lr_at(step: int) -> float:
+        return lr_for_step(
+            step, args.lr, order=args.lr_order, steps_per_epoch=steps_per_epoch,
             warmup_epochs=args.warmup_epochs, hold_epochs=args.hold_epochs,
             num_epochs=args.epochs, policy=args.lr_policy, exp_gamma=args.lr_exp_gamma,
             min_lr=args.min_lr,
@@ -609,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
         for feats, feat_lens, txt, txt_lens in bar:
             state.epoch_batches_done += 1
             if accumulated == 0:
-                set_lr(optimizer, lr_at(state.step + 1, epoch))
+                set_lr(optimizer, lr_at(state.step + 1))
                 step_loss, step_utts, step_t0 = 0.0, 0, time.perf_counter()
             sync_ctx = (
                 model.no_sync()
