@@ -8,10 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/launcher.sh
 
-[[ $# -gt 0 ]] && { DATA_DIR=$1; shift; }
-[[ $# -gt 0 ]] && { MODEL_CONFIG=$1; shift; }
-[[ $# -gt 0 ]] && { OUTPUT_DIR=$1; shift; }
-[[ $# -gt 0 ]] && { CHECKPOINT=$1; shift; }
+positional DATA_DIR MODEL_CONFIG OUTPUT_DIR CHECKPOINT -- "$@"
+set -- "${launcher_rest[@]}"
 
 # QuartzNet's launcher names are accepted beside Jasper's.
 [[ -n "${GRAD_ACCUMULATION:-}" && -z "${GRAD_ACCUMULATION_STEPS:-}" ]] && GRAD_ACCUMULATION_STEPS=$GRAD_ACCUMULATION

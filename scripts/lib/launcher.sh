@@ -9,6 +9,21 @@ for _v in NUM_GPUS DALI_DEVICE; do
 done
 unset _v
 
+# positional NAME... -- ARGS...: assign the leading ARGS that are not options (do not start with
+# "-") to the NAMEs in order; the rest go to the array launcher_rest (passed to the Python script).
+positional() {
+  local names=()
+  while [[ $# -gt 0 && "$1" != -- ]]; do names+=("$1"); shift; done
+  shift
+  local name
+  for name in "${names[@]}"; do
+    [[ $# -gt 0 && "$1" != -* ]] || break
+    printf -v "$name" '%s' "$1"
+    shift
+  done
+  launcher_rest=("$@")
+}
+
 have_cuda() {
   "${PYTHON:-python3}" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null
 }
