@@ -583,7 +583,8 @@ def main(argv: list[str] | None = None) -> int:
             if m is None:
                 continue
             result = evaluate(m, val_loader, ctc, labels, amp_ctx, device)
-            logger.log((state.epoch, state.step), result, subset, tb_step=state.step)
+            where = (state.epoch, state.epoch_batches_done // accum, steps_per_epoch)
+            logger.log(where, result, subset, tb_step=state.step)
             wer = result["wer"]
         return wer  # the EMA model's WER when EMA is on (upstream's choice for the best file)
 

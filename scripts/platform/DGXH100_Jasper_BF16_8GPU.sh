@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# H100 80GB, AMP bf16, 8 GPUs: the recipe's per-GPU batch of 64 in 1 micro-batch(es).
+# Usage: bash scripts/platform/DGXH100_Jasper_BF16_8GPU.sh [train.sh arguments]
+set -euo pipefail
+NUM_GPUS=8 AMP=true PRECISION=bf16 BATCH_SIZE=64 GRAD_ACCUMULATION_STEPS=1 \
+  exec bash "$(dirname "$0")/../train.sh" "$@"
