@@ -158,7 +158,7 @@ class Novograd(Optimizer):
         return loss
 
 
-class FusedNovograd(Optimizer):
+class FusedNovograd(Novograd):
     """``Novograd``'s equations (see there) over all tensors of a group at once.
 
     This is QuartzNet's ``fused_novograd``: upstream used apex ``FusedNovoGrad(betas=(0.95, 0),
@@ -170,27 +170,6 @@ class FusedNovograd(Optimizer):
     which costs one host sync per step (GradScaler already syncs once per step). State names and
     param-group keys are ``Novograd``'s, so checkpoints move freely between the two.
     """
-
-    def __init__(
-        self,
-        params: Params,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.95, 0.0),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        grad_averaging: bool = False,
-        amsgrad: bool = False,
-    ) -> None:
-        _check_hyperparameters(lr, betas, eps, weight_decay)
-        defaults = dict(
-            lr=lr,
-            betas=betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            grad_averaging=grad_averaging,
-            amsgrad=amsgrad,
-        )
-        super().__init__(params, defaults)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:

@@ -33,10 +33,8 @@ from __future__ import annotations
 import io
 import logging
 import math
-import os
 import re
 import tarfile
-import tempfile
 import time
 import zlib
 from collections.abc import Mapping
@@ -46,7 +44,7 @@ from typing import Any
 import torch
 import yaml
 
-from common.checkpoint import convert_legacy_state_dict, model_weights
+from common.checkpoint import atomic_write, convert_legacy_state_dict, model_weights
 from common.features import FilterbankFeatures
 from jasper import config
 from jasper.model import Jasper, JasperBlock, MaskedConv1d
@@ -230,24 +228,10 @@ def _write_archive(
         info.type, info.mode = (tarfile.DIRTYPE, 0o700) if directory else (tarfile.REGTYPE, 0o644)
         return info
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            with tarfile.open(fileobj=f, mode="w:gz" if compress else "w:") as tar:
-                tar.addfile(entry("./", directory=True))
-                tar.addfile(
-                    entry(f"./{CONFIG_MEMBER}", len(config_bytes)), io.BytesIO(config_bytes)
-                )
-                tar.addfile(
-                    entry(f"./{WEIGHTS_MEMBER}", buffer.tell()), io.BytesIO(buffer.getvalue())
-                )
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f, tarfile.open(fileobj=f, mode="w:gz" if compress else "w:") as tar:
+        tar.addfile(entry("./", directory=True))
+        tar.addfile(entry(f"./{CONFIG_MEMBER}", len(config_bytes)), io.BytesIO(config_bytes))
+        tar.addfile(entry(f"./{WEIGHTS_MEMBER}", buffer.tell()), io.BytesIO(buffer.getvalue()))
 
 
 # --------------------------------------------------------------------------------------------------
