@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# A100 80GB, AMP fp16, 8 GPUs: QuartzNet's per-GPU batch of 144 as 72 x 2 micro-batches.
+# Usage: bash scripts/platform/DGXA100_QuartzNet_AMP_8GPU.sh [train.sh arguments]
+set -euo pipefail
+NUM_GPUS=8 AMP=true PRECISION=fp16 GPU_BATCH_SIZE=72 GRAD_ACCUMULATION=2 \
+  exec bash "$(dirname "$0")/../train_quartznet.sh" "$@"
