@@ -56,4 +56,26 @@ DATA_DIR="$DATA_DIR" MODEL_CONFIG="$MODEL_CONFIG" OUTPUT_DIR="$OUTPUT_DIR" \
   SAVE_FREQUENCY=1 NUM_WORKERS=1 \
   bash scripts/train.sh --bucketing --clip_norm 5 --save_best_from 0
 
-echo "quick start finished in $(( SECONDS - start )) s"
+# The checkpoint with the best dev WER (EMA weights) of this run.
+checkpoint="$OUTPUT_DIR/Jasper_best_checkpoint.pt"
+[[ -f "$checkpoint" ]] || checkpoint="$OUTPUT_DIR/Jasper_epoch${EPOCHS}_checkpoint.pt"
+# Our checkpoints carry their config: MODEL_CONFIG= (empty) tells inference.sh to use it.
+infer_env=(DATA_DIR="$DATA_DIR" MODEL_CONFIG= OUTPUT_DIR="$OUTPUT_DIR" CHECKPOINT="$checkpoint"
+           NUM_GPUS=1 DALI_DEVICE=none BATCH_SIZE=32 NUM_WORKERS=1)
+
+stage "5/7 evaluation on the test split, an unseen voice (scripts/evaluation.sh)"
+env "${infer_env[@]}" DATASET=test-clean PREDICTION_FILE="$OUTPUT_DIR/test-clean.predictions" \
+  LOG_FILE="$OUTPUT_DIR/nvlog_eval_test-clean.json" bash scripts/evaluation.sh
+
+stage "6/7 transcribing the real recordings in data/audio (scripts/inference.sh)"
+env "${infer_env[@]}" VAL_MANIFESTS= PREDICTION_FILE="$OUTPUT_DIR/recordings.predictions" \
+  LOG_FILE="$OUTPUT_DIR/nvlog_recordings.json" bash scripts/inference.sh --transcribe_wav data/audio
+
+stage "7/7 training curve and summary"
+"$PYTHON" utils/plot_training.py "$OUTPUT_DIR/nvlog.json" "$OUTPUT_DIR/training_curve.png" \
+  --title "Quick start: jasper_tiny on the synthetic corpus"
+"$PYTHON" utils/quickstart_summary.py --output_dir "$OUTPUT_DIR" \
+  --manifest "$DATA_DIR/librispeech-test-clean-wav.json" \
+  --predictions "$OUTPUT_DIR/test-clean.predictions" \
+  --recordings "$OUTPUT_DIR/recordings.predictions" \
+  --checkpoint "$checkpoint" --seconds $(( SECONDS - start ))

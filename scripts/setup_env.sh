@@ -15,18 +15,26 @@ cd "$(dirname "$0")/.."
 : "${TORCH_VERSION:=2.13.0}"
 : "${DALI_PACKAGE:=nvidia-dali-cuda130==2.4.0}"
 
-stamp="$VENV/.installed"
-want="torch=$TORCH_VERSION dali=$WITH_DALI/$DALI_PACKAGE $(cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-16)"
-if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
-  exit 0
-fi
-[[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
+# Stamps record what is installed, so a second run returns at once; DALI is an add-on (a venv
+# with DALI also serves WITH_DALI=false).
+base_stamp="$VENV/.installed"
+dali_stamp="$VENV/.installed-dali"
+want="torch=$TORCH_VERSION $(cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-16)"
 pip=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
-"${pip[@]}" --upgrade pip
-"${pip[@]}" "torch==$TORCH_VERSION"
-"${pip[@]}" -r requirements.txt -r requirements-dev.txt
-if [[ "$WITH_DALI" == true ]]; then
-  "${pip[@]}" "$DALI_PACKAGE"
+changed=false
+if [[ ! -f "$base_stamp" || "$(cat "$base_stamp")" != "$want" ]]; then
+  [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
+  "${pip[@]}" --upgrade pip
+  "${pip[@]}" "torch==$TORCH_VERSION"
+  "${pip[@]}" -r requirements.txt -r requirements-dev.txt
+  echo "$want" > "$base_stamp"
+  changed=true
 fi
-echo "$want" > "$stamp"
-echo "environment ready: $VENV"
+if [[ "$WITH_DALI" == true && "$(cat "$dali_stamp" 2>/dev/null)" != "$DALI_PACKAGE" ]]; then
+  "${pip[@]}" "$DALI_PACKAGE"
+  echo "$DALI_PACKAGE" > "$dali_stamp"
+  changed=true
+fi
+if [[ "$changed" == true ]]; then
+  echo "environment ready: $VENV"
+fi
