@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build the recipe's image (tag jasper:latest) from the repository's Dockerfile.
+# Build the recipe's image from the repository's Dockerfile; arguments go to docker build, e.g.
+#   bash scripts/docker/build.sh --build-arg FROM_IMAGE_NAME=nvcr.io/nvidia/pytorch:<tag>
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 : "${IMAGE:=jasper:latest}"
