@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Exports a checkpoint's feature extractor, acoustic model and decoder for Triton (upstream's
+# triton/scripts/export_model.sh variables), each file checked against PyTorch right after export.
+# Files: $EXPORT_DIR/<precision>/<model>/1/model.{pt,onnx,plan} and $EXPORT_DIR/<precision>/export.json.
+#   CHECKPOINT         checkpoint to export; upstream's CHECKPOINT_PATH is accepted too
+#                      (default: /checkpoints/nvidia_jasper_210205.pt)
+#   MODEL_CONFIG       YAML; empty: the checkpoint's own (default: configs/jasper10x5dr_speedp-offline_speca_nomask.yaml)
+#   EMA                export the EMA weights               (default: true)
+#   CONVERTS           feature-extractor decoder ts-trace onnx tensorrt, or model names
+#                      (default: feature-extractor decoder ts-trace onnx tensorrt feature-extractor-onnx decoder-onnx)
+#   CONVERT_PRECISIONS (default: fp16 fp32)
+#   EXPORT_DIR         (default: triton/model_repo)
+#   CHECK_AUDIO        recordings for the checks            (default: data/audio)
+#   DEVICE             auto, cpu or cuda: where TorchScript is traced (default: auto)
+#   BATCH_SIZE         TensorRT profile: largest and tuned batch (default: 8)
+#   MAX_DURATION       TensorRT profile: longest audio, seconds  (default: 16.7)
+#   PYTHON             (default: python3)
+# Extra arguments go to triton/export.py unchanged.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+[[ -n "${CHECKPOINT_PATH:-}" && -z "${CHECKPOINT:-}" ]] && CHECKPOINT=$CHECKPOINT_PATH
+: "${CHECKPOINT:=/checkpoints/nvidia_jasper_210205.pt}"
+: "${MODEL_CONFIG=configs/jasper10x5dr_speedp-offline_speca_nomask.yaml}"
+: "${EMA:=true}"
+: "${CONVERTS:=feature-extractor decoder ts-trace onnx tensorrt feature-extractor-onnx decoder-onnx}"
+: "${CONVERT_PRECISIONS:=fp16 fp32}"
+: "${EXPORT_DIR:=triton/model_repo}"
+: "${CHECK_AUDIO:=data/audio}"
+: "${DEVICE:=auto}"
+: "${BATCH_SIZE:=8}"
+: "${MAX_DURATION:=16.7}"
+: "${PYTHON:=python3}"
+
+read -r -a converts <<< "$CONVERTS"
+read -r -a precisions <<< "$CONVERT_PRECISIONS"
+read -r -a check_audio <<< "$CHECK_AUDIO"
+args=(
+  triton/export.py
+  --ckpt "$CHECKPOINT"
+  --export_dir "$EXPORT_DIR"
+  --convert "${converts[@]}"
+  --precisions "${precisions[@]}"
+  --check_audio "${check_audio[@]}"
+  --device "$DEVICE"
+  --trt_max_batch "$BATCH_SIZE"
+  --trt_opt_batch "$BATCH_SIZE"
+  --max_duration "$MAX_DURATION"
+)
+[[ -n "$MODEL_CONFIG" ]] && args+=(--model_config "$MODEL_CONFIG")
+[[ "$EMA" == true ]] && args+=(--ema)
+
+cmd=("$PYTHON" "${args[@]}" "$@")
+printf '%q ' "${cmd[@]}"; echo
+exec "${cmd[@]}"
