@@ -116,7 +116,12 @@ def get_parser() -> argparse.ArgumentParser:
     o.add_argument("--optimizer", choices=OPTIMIZERS, default="novograd")
     o.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     o.add_argument("--min_lr", type=float, default=1e-5, help="learning-rate floor")
-    o.add_argument("--lr_policy", choices=("exponential", "legacy"), default="exponential")
+    o.add_argument(
+        "--lr_policy",
+        choices=("exponential", "legacy", "cosine"),
+        default="exponential",
+        help="exponential/legacy: upstream's; cosine: per-step cosine decay after warmup and hold",
+    )
     o.add_argument(
         "--lr_exp_gamma", type=float, default=0.99, help="per-epoch decay after the hold"
     )
@@ -575,9 +580,13 @@ def main(argv: list[str] | None = None) -> int:
         if dist.is_initialized():
             dist.barrier()
 
+    last_eval_step = -1
+
     def run_evaluation() -> float | None:
+        nonlocal last_eval_step
         if val_loader is None:
             return None
+        last_eval_step = state.step
         wer = None
         for subset, m in (("dev", model), ("dev_ema", ema_model)):
             if m is None:
@@ -725,8 +734,8 @@ def main(argv: list[str] | None = None) -> int:
             {"throughput": sum(epoch_throughputs[-n:]) / n, "benchmark_epochs_num": n},
             "train_avg",
         )
-    if not stopped_early:
-        run_evaluation()
+    if not stopped_early and last_eval_step != state.step:
+        run_evaluation()  # the final evaluation, unless the last step was just evaluated
     logger.close()
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -430,8 +430,8 @@ def test_lr_orders():
     assert lr_for_step(first_step(143) + 1, 0.01, **cur) == pytest.approx(0.00981, rel=1e-12)
     with pytest.raises(ValueError, match="published, upstream-current"):
         lr_for_step(1, 0.01, **{**kw, "order": "after"})
-    with pytest.raises(ValueError, match="exponential, legacy"):
-        lr_policy(1, 1, 0.01, **{**kw, "policy": "cosine"})
+    with pytest.raises(ValueError, match="exponential, legacy, cosine"):
+        lr_policy(1, 1, 0.01, **{**kw, "policy": "linear"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -473,3 +473,11 @@ def test_ema_two_steps_by_hand():
     fresh = nn.Sequential(nn.Linear(1, 1), nn.BatchNorm1d(1)).double()
     fresh.load_state_dict(ema.state_dict())
     assert fresh[0].weight.item() == pytest.approx(1.39, abs=1e-12)
+
+
+def test_cosine_policy_decays_from_peak_to_floor():
+    kw = dict(steps_per_epoch=10, warmup_epochs=1, hold_epochs=0, num_epochs=5, policy="cosine")
+    assert lr_policy(5, 1, 0.01, **kw) == pytest.approx(0.01 * 6 / 11)  # warmup as upstream
+    assert lr_policy(10, 2, 0.01, **kw) == pytest.approx(0.01)  # decay starts at the peak
+    assert lr_policy(30, 4, 0.01, **kw) == pytest.approx(0.005)  # half-way: half the peak
+    assert lr_policy(50, 5, 0.01, **kw) == pytest.approx(1e-5)  # the end: the floor

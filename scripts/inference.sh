@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Greedy CTC inference on a LibriSpeech split with the recipe's defaults (upstream
+# scripts/inference.sh, spec 8.5). Every variable below can be set in the environment; positional
+# arguments fill DATA_DIR, MODEL_CONFIG, OUTPUT_DIR, CHECKPOINT. Extra arguments after those four go
+# to inference.py unchanged (e.g. --transcribe_wav FILE).
+#
+# The manifest is VAL_MANIFESTS when set, else $DATA_DIR/librispeech-${DATASET}-wav.json;
+# VAL_MANIFESTS= (set but empty) means none, e.g. with --transcribe_wav.
+# Predictions go to PREDICTION_FILE (default ${OUTPUT_DIR}/${DATASET}.predictions); set it empty
+# (PREDICTION_FILE=) to write none. LOGITS_FILE saves the per-utterance log-probs.
+# MODEL_CONFIG= (empty) uses the config stored in the checkpoint (this recipe's checkpoints).
+# Without a CUDA device NUM_GPUS and DALI_DEVICE fall back to one CPU process and the PyTorch
+# loader (a line says so); values you set explicitly always win.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib/launcher.sh
+
+positional DATA_DIR MODEL_CONFIG OUTPUT_DIR CHECKPOINT -- "$@"
+set -- "${launcher_rest[@]}"
+
+: "${DATA_DIR:=/datasets/LibriSpeech}"
+: "${MODEL_CONFIG=configs/jasper10x5dr_speedp-online_speca.yaml}"
+: "${OUTPUT_DIR:=/results}"
+: "${CHECKPOINT:=/checkpoints/jasper_fp16.pt}"
+: "${DATASET:=test-other}"
+: "${VAL_MANIFESTS=$DATA_DIR/librispeech-${DATASET}-wav.json}"  # set but empty: no manifest
+: "${LOG_FILE:=}"
+: "${CUDNN_BENCHMARK:=false}"
+: "${MAX_DURATION:=}"
+: "${PAD_TO_MAX_DURATION:=false}"
+: "${PAD_LEADING:=16}"
+: "${NUM_GPUS:=1}"
+: "${NUM_STEPS:=0}"
+: "${NUM_WARMUP_STEPS:=0}"
+: "${AMP:=false}"
+: "${PRECISION:=fp16}"
+: "${BATCH_SIZE:=64}"
+: "${EMA:=true}"
+: "${SEED:=0}"
+: "${DALI_DEVICE:=gpu}"
+: "${CPU:=false}"
+: "${LOGITS_FILE:=}"
+: "${PREDICTION_FILE=${OUTPUT_DIR}/${DATASET}.predictions}"  # set but empty: no predictions
+: "${FOLD_BATCHNORM:=true}"
+: "${SKIP_MASKS:=true}"
+: "${FFT_CONVS:=false}"
+: "${COMPILE:=false}"
+: "${CUDA_GRAPHS:=false}"
+: "${NUM_WORKERS:=4}"
+: "${PYTHON:=python3}"
+
+cpu_fallback
+if [[ "$CPU" == true && "$DALI_DEVICE" == gpu ]]; then
+  if [[ "$launcher_explicit" == *" DALI_DEVICE "* ]]; then
+    echo "error: CPU=true but DALI_DEVICE=gpu; use DALI_DEVICE=cpu or none" >&2
+    exit 2
+  fi
+  DALI_DEVICE=none
+  echo "CPU=true: using DALI_DEVICE=none (set it explicitly to override)."
+fi
+mkdir -p "$OUTPUT_DIR"
+
+read -r -a val_manifests <<< "$VAL_MANIFESTS"
+args=(
+  inference.py
+  --ckpt="$CHECKPOINT"
+  --dataset_dir="$DATA_DIR"
+  --output_dir="$OUTPUT_DIR"
+  --batch_size="$BATCH_SIZE"
+  --seed="$SEED"
+  --pad_leading="$PAD_LEADING"
+  --steps="$NUM_STEPS"
+  --warmup_steps="$NUM_WARMUP_STEPS"
+  --dali_device="$DALI_DEVICE"
+  --num_workers="$NUM_WORKERS"
+)
+[[ ${#val_manifests[@]} -gt 0 ]] && args+=(--val_manifests "${val_manifests[@]}")
+[[ -n "$MODEL_CONFIG" ]] && args+=(--model_config="$MODEL_CONFIG")
+[[ "$AMP" == true ]] && args+=(--amp --precision="$PRECISION")
+[[ "$EMA" == true ]] && args+=(--ema) || args+=(--no-ema)
+[[ "$CPU" == true ]] && args+=(--cpu)
+[[ "$CUDNN_BENCHMARK" == true ]] && args+=(--cudnn_benchmark) || args+=(--no-cudnn_benchmark)
+[[ "$FOLD_BATCHNORM" == true ]] && args+=(--fold_batchnorm) || args+=(--no-fold_batchnorm)
+[[ "$SKIP_MASKS" == true ]] && args+=(--skip_masks) || args+=(--no-skip_masks)
+[[ "$FFT_CONVS" == true ]] && args+=(--fft_convs)
+[[ "$COMPILE" == true ]] && args+=(--compile)
+[[ "$CUDA_GRAPHS" == true ]] && args+=(--cuda_graphs)
+[[ -n "$LOG_FILE" ]] && args+=(--log_file="$LOG_FILE")
+[[ -n "$PREDICTION_FILE" ]] && args+=(--save_predictions="$PREDICTION_FILE")
+[[ -n "$LOGITS_FILE" ]] && args+=(--save_logits="$LOGITS_FILE")
+if [[ -n "$MAX_DURATION" ]]; then
+  args+=(--override_config "input_val.audio_dataset.max_duration=$MAX_DURATION"
+         --override_config "input_val.filterbank_features.max_duration=$MAX_DURATION")
+fi
+if [[ "$PAD_TO_MAX_DURATION" == true ]]; then
+  args+=(--override_config "input_val.audio_dataset.pad_to_max_duration=True"
+         --override_config "input_val.filterbank_features.pad_to_max_duration=True")
+fi
+
+run_python_maybe_distributed "$NUM_GPUS" "${args[@]}" "$@"
