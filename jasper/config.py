@@ -327,4 +327,6 @@ def apply_config_overrides(cfg: dict, overrides: Iterable[str], source: str | No
 
 def to_yaml(cfg: dict) -> str:
     """The config as YAML text (what checkpoints and ``.nemo`` files store)."""
-    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None, width=100, allow_unicode=True)
+    return yaml.safe_dump(
+        cfg, sort_keys=False, default_flow_style=None, width=100, allow_unicode=True
+    )

@@ -21,7 +21,8 @@ def corpus(tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    ("optimizer", "lr"), [("novograd", 0.01), ("fused_novograd", 0.01), ("lamb", 0.01), ("adamw", 0.003)]
+    ("optimizer", "lr"),
+    [("novograd", 0.01), ("fused_novograd", 0.01), ("lamb", 0.01), ("adamw", 0.003)],
 )
 def test_tiny_quartznet_trains_with_each_optimizer(corpus, tmp_path, optimizer, lr):
     root, manifest = corpus
