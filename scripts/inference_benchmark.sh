@@ -83,16 +83,7 @@ for duration in "${durations[@]}"; do
     else
       args+=(--synthetic_duration="$duration")
     fi
-    [[ -n "$MODEL_CONFIG" ]] && args+=(--model_config="$MODEL_CONFIG")
-    [[ "$AMP" == true ]] && args+=(--amp --precision="$PRECISION")
-    [[ "$EMA" == true ]] && args+=(--ema) || args+=(--no-ema)
-    [[ "$CPU" == true ]] && args+=(--cpu)
-    [[ "$CUDNN_BENCHMARK" == true ]] && args+=(--cudnn_benchmark) || args+=(--no-cudnn_benchmark)
-    [[ "$FOLD_BATCHNORM" == true ]] && args+=(--fold_batchnorm) || args+=(--no-fold_batchnorm)
-    [[ "$SKIP_MASKS" == true ]] && args+=(--skip_masks) || args+=(--no-skip_masks)
-    [[ "$FFT_CONVS" == true ]] && args+=(--fft_convs)
-    [[ "$COMPILE" == true ]] && args+=(--compile)
-    [[ "$CUDA_GRAPHS" == true ]] && args+=(--cuda_graphs)
+    add_inference_model_args
     cmd=("$PYTHON" "${args[@]}" "$@")
     printf '%q ' "${cmd[@]}"
     echo

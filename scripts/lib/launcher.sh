@@ -70,3 +70,20 @@ run_python_maybe_distributed() {
   echo
   exec "${cmd[@]}"
 }
+
+# add_inference_model_args: append inference.py's model and speed flags to the array `args`, from
+# MODEL_CONFIG (empty: the checkpoint's config), AMP, PRECISION, EMA, CPU, CUDNN_BENCHMARK,
+# FOLD_BATCHNORM, SKIP_MASKS, FFT_CONVS, COMPILE and CUDA_GRAPHS.
+add_inference_model_args() {
+  [[ -n "$MODEL_CONFIG" ]] && args+=(--model_config="$MODEL_CONFIG")
+  [[ "$AMP" == true ]] && args+=(--amp --precision="$PRECISION")
+  [[ "$EMA" == true ]] && args+=(--ema) || args+=(--no-ema)
+  [[ "$CPU" == true ]] && args+=(--cpu)
+  [[ "$CUDNN_BENCHMARK" == true ]] && args+=(--cudnn_benchmark) || args+=(--no-cudnn_benchmark)
+  [[ "$FOLD_BATCHNORM" == true ]] && args+=(--fold_batchnorm) || args+=(--no-fold_batchnorm)
+  [[ "$SKIP_MASKS" == true ]] && args+=(--skip_masks) || args+=(--no-skip_masks)
+  [[ "$FFT_CONVS" == true ]] && args+=(--fft_convs)
+  [[ "$COMPILE" == true ]] && args+=(--compile)
+  [[ "$CUDA_GRAPHS" == true ]] && args+=(--cuda_graphs)
+  return 0
+}
