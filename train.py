@@ -133,6 +133,14 @@ def get_parser() -> argparse.ArgumentParser:
         "upstream-current: step s uses policy(s-1), step 1 at peak LR (spec 14.10)",
     )
     o.add_argument("--weight_decay", type=float, default=1e-3)
+    o.add_argument(
+        "--betas",
+        type=float,
+        nargs=2,
+        metavar=("BETA1", "BETA2"),
+        default=None,
+        help="the optimizer's betas (default: its own, see common/optimizers.build_optimizer)",
+    )
     o.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights (0: off)")
     o.add_argument(
         "--clip_norm", type=float, default=0.0, help="gradient-norm clip (0: off, as upstream)"
@@ -541,7 +549,10 @@ def main(argv: list[str] | None = None) -> int:
     model = build_model(cfg, device)
     logger.info(f"Model size: {num_parameters(model) / 1e6:.1f}M params ({model_name(cfg)})")
     ctc = CTCLoss(len(labels) + 1)
-    optimizer = build_optimizer(args.optimizer, model.parameters(), args.lr, args.weight_decay)
+    betas = {"betas": tuple(args.betas)} if args.betas else {}
+    optimizer = build_optimizer(
+        args.optimizer, model.parameters(), args.lr, args.weight_decay, **betas
+    )
     amp_dtype = torch.bfloat16 if args.precision == "bf16" else torch.float16
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp and amp_dtype == torch.float16)
 

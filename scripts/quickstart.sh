@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 : "${DATA_DIR:=$QUICKSTART_DIR/LibriSpeech}"   # the corpus, its WAVs and manifests
 : "${OUTPUT_DIR:=$QUICKSTART_DIR/results}"     # checkpoints, logs, TensorBoard, predictions
 : "${MODEL_CONFIG:=configs/jasper_tiny.yaml}"
-: "${TRAIN_UTTS:=16000}"                       # synthetic training utterances
+: "${TRAIN_UTTS:=17600}"                       # synthetic training utterances
 : "${EVAL_UTTS:=200}"                          # dev-clean and test-clean utterances each
 : "${VOCAB:=300}"                              # words in the corpus vocabulary
 : "${SEED:=0}"
@@ -43,9 +43,10 @@ stage "4/7 training (scripts/train.sh)"
 if [[ "$RESTART" == true ]]; then
   rm -rf "$OUTPUT_DIR"
 fi
-# The recipe's launcher with settings for a 2.5M-parameter model trained for minutes: AdamW, a
-# short warmup and a cosine decay over the run, evaluation every epoch. More distinct sentences
-# beat more epochs over fewer: the model memorises sentences it hears repeatedly.
+# The recipe's launcher with settings for a 2.5M-parameter model trained for minutes: AdamW with
+# betas (0.9, 0.98) (AdamW's 0.999 adapts too slowly for a run of 1,100 steps), a short warmup and
+# a cosine decay over the run, evaluation every epoch. More distinct sentences beat more epochs
+# over fewer: the model memorises sentences it hears repeatedly.
 steps_per_epoch=$(( TRAIN_UTTS / BATCH_SIZE ))
 DATA_DIR="$DATA_DIR" MODEL_CONFIG="$MODEL_CONFIG" OUTPUT_DIR="$OUTPUT_DIR" \
   TRAIN_MANIFESTS="$DATA_DIR/librispeech-train-clean-100-wav.json" \
@@ -55,7 +56,7 @@ DATA_DIR="$DATA_DIR" MODEL_CONFIG="$MODEL_CONFIG" OUTPUT_DIR="$OUTPUT_DIR" \
   EPOCHS="$EPOCHS" WARMUP_EPOCHS=0.1 HOLD_EPOCHS=0 EMA=0.99 SEED="$SEED" \
   EVAL_FREQUENCY="$steps_per_epoch" PREDICTION_FREQUENCY=50 LOG_FREQUENCY=10 \
   SAVE_FREQUENCY=1 NUM_WORKERS=1 \
-  bash scripts/train.sh --bucketing --clip_norm 5 --save_best_from 0
+  bash scripts/train.sh --bucketing --clip_norm 5 --betas 0.9 0.98 --save_best_from 0
 
 # The checkpoint with the best dev WER (EMA weights) of this run.
 checkpoint="$OUTPUT_DIR/Jasper_best_checkpoint.pt"

@@ -151,6 +151,17 @@ def test_resume_follows_the_same_trajectory(corpus, tmp_path):
     assert lrs(straight)[:3] == pytest.approx([0.01 * 2 / 4, 0.01 * 3 / 4, 0.01])  # warmup
 
 
+def test_betas_reach_the_optimizer_and_its_checkpoint(corpus, tmp_path):
+    # The quick start trains with AdamW betas (0.9, 0.98) instead of AdamW's (0.9, 0.999).
+    out = tmp_path / "betas"
+    extra = ("--optimizer", "adamw", "--lr", "0.003", "--epochs", "1", "--betas", "0.9", "0.98")
+    assert train.main(train_args(corpus, out, *extra)) == 0
+    group = load_checkpoint(out / "Jasper_epoch1_checkpoint.pt")["optimizer"]["param_groups"][0]
+    assert tuple(group["betas"]) == (0.9, 0.98)
+    default = train.get_parser().parse_args(train_args(corpus, out))
+    assert default.betas is None  # each optimizer keeps its own betas unless asked
+
+
 def test_sigterm_saves_a_loadable_checkpoint(corpus, tmp_path):
     out = tmp_path / "interrupted"
     args = train_args(corpus, out, "--epochs", "1000")
