@@ -45,7 +45,7 @@ if [[ "$RESTART" == true ]]; then
 fi
 # The recipe's launcher with settings for a 2.5M-parameter model trained for minutes: AdamW with
 # betas (0.9, 0.98) (AdamW's 0.999 adapts too slowly for a run of 1,100 steps), a short warmup and
-# a cosine decay over the run, evaluation every epoch. More distinct sentences beat more epochs
+# a cosine decay over the run, evaluation twice an epoch. More distinct sentences beat more epochs
 # over fewer: the model memorises sentences it hears repeatedly.
 steps_per_epoch=$(( TRAIN_UTTS / BATCH_SIZE ))
 DATA_DIR="$DATA_DIR" MODEL_CONFIG="$MODEL_CONFIG" OUTPUT_DIR="$OUTPUT_DIR" \
@@ -54,7 +54,7 @@ DATA_DIR="$DATA_DIR" MODEL_CONFIG="$MODEL_CONFIG" OUTPUT_DIR="$OUTPUT_DIR" \
   NUM_GPUS="${NUM_GPUS:-1}" DALI_DEVICE="${DALI_DEVICE:-none}" BATCH_SIZE="$BATCH_SIZE" GRAD_ACCUMULATION_STEPS=1 \
   OPTIMIZER=adamw LEARNING_RATE="$LEARNING_RATE" MIN_LEARNING_RATE=0.00001 LR_POLICY=cosine \
   EPOCHS="$EPOCHS" WARMUP_EPOCHS=0.1 HOLD_EPOCHS=0 EMA=0.99 SEED="$SEED" \
-  EVAL_FREQUENCY="$steps_per_epoch" PREDICTION_FREQUENCY=50 LOG_FREQUENCY=10 \
+  EVAL_FREQUENCY="$(( (steps_per_epoch + 1) / 2 ))" PREDICTION_FREQUENCY=50 LOG_FREQUENCY=10 \
   SAVE_FREQUENCY=1 NUM_WORKERS=1 \
   bash scripts/train.sh --bucketing --clip_norm 5 --betas 0.9 0.98 --save_best_from 0
 

@@ -1,5 +1,5 @@
-"""Plot a training run's curves from its DLLogger JSON log: training loss and dev WER (raw and
-EMA) against the optimizer step, as one PNG.
+"""Plot a training run's curves from its DLLogger JSON log: training loss, and the WER of the
+logged training batches beside dev WER (raw and EMA), against the optimizer step, as one PNG.
 
     python utils/plot_training.py OUTPUT_DIR/nvlog.json training_curve.png
 """
@@ -24,7 +24,9 @@ def global_step(step: list) -> int | None:
 
 
 def curves(log_path: str | Path) -> dict[str, list[tuple[int, float]]]:
-    out: dict[str, list[tuple[int, float]]] = {"train_loss": [], "dev_wer": [], "dev_ema_wer": []}
+    """``{name: [(global step, value)]}`` for the logged training loss and WER and the dev WERs."""
+    names = ("train_loss", "train_wer", "dev_wer", "dev_ema_wer")
+    out: dict[str, list[tuple[int, float]]] = {name: [] for name in names}
     for record in parse_json_log(log_path):
         if record.get("type") != "LOG":
             continue
@@ -49,6 +51,9 @@ def plot(log_path: str | Path, png_path: str | Path, title: str = "Training curv
         steps, values = zip(*data["train_loss"])
         ax_loss.plot(steps, values, lw=1, color="tab:blue")
     ax_loss.set(xlabel="optimizer step", ylabel="CTC loss", title="training loss", yscale="log")
+    if data["train_wer"]:
+        steps, values = zip(*data["train_wer"])
+        ax_wer.plot(steps, values, lw=1, color="tab:gray", alpha=0.6, label="training batch")
     for name, label, color in (
         ("dev_wer", "dev", "tab:orange"),
         ("dev_ema_wer", "dev (EMA)", "tab:green"),
@@ -56,8 +61,8 @@ def plot(log_path: str | Path, png_path: str | Path, title: str = "Training curv
         if data[name]:
             steps, values = zip(*data[name])
             ax_wer.plot(steps, values, marker="o", label=label, color=color)
-    ax_wer.set(xlabel="optimizer step", ylabel="WER (%)", title="dev WER (greedy)")
-    ax_wer.set_ylim(bottom=0)
+    ax_wer.set(xlabel="optimizer step", ylabel="WER (%)", title="WER (greedy)")
+    ax_wer.set_ylim(0, 105)  # early training batches can exceed 100% (insertions)
     ax_wer.legend()
     for ax in (ax_loss, ax_wer):
         ax.grid(alpha=0.3)
