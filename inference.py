@@ -367,18 +367,12 @@ class SyntheticBatches:
 def loader_utterances(loader, data_dir: str) -> list[tuple[int, str]]:
     """``(position in the manifests, name)`` of this rank's utterances, in the order its loader
     yields them; the name is the audio file."""
-    if hasattr(loader, "utts"):  # common.dali.DaliDataLoader
-        utts, sampler = loader.utts, loader.sampler
-    else:  # common.dataset.FeatureLoader over a DataLoader with an EvalSampler
-        utts, sampler = loader.loader.dataset.utts, loader.loader.batch_sampler
     out = []
-    for batch in sampler:
-        for i in batch:
-            u = utts[i]
-            ones = [f for f in u.files if abs(f.speed - 1.0) < 1e-6]
-            path = Path((ones or u.files)[0].path)
-            name = str(path.relative_to(data_dir)) if path.is_relative_to(data_dir) else str(path)
-            out.append((u.index, name))
+    for u in loader.utterances():
+        ones = [f for f in u.files if abs(f.speed - 1.0) < 1e-6]
+        path = Path((ones or u.files)[0].path)
+        name = str(path.relative_to(data_dir)) if path.is_relative_to(data_dir) else str(path)
+        out.append((u.index, name))
     return out
 
 

@@ -578,6 +578,15 @@ class FeatureLoader:
             if hasattr(part, "set_epoch"):
                 part.set_epoch(epoch)
 
+    def utterances(self) -> list[Utterance]:
+        """This rank's utterances in the order an evaluation pass yields them, batch after batch
+        (what names the predictions). Training loaders reshuffle every epoch: no fixed order."""
+        sampler = self.loader.batch_sampler
+        if not isinstance(sampler, EvalSampler):
+            raise ValueError("only an evaluation loader has a fixed utterance order")
+        utts = self.loader.dataset.utts
+        return [utts[i] for batch in sampler for i in batch]
+
     def skip_batches(self, count: int) -> FeatureLoader:
         """Start the next iteration after ``count`` batches (resuming inside an epoch); the
         training sampler skips them without reading audio."""

@@ -285,3 +285,15 @@ class TestGpu:
             assert g[0].device.type == "cuda" and g[0].shape == c[0].shape
             assert torch.equal(c[1], g[1].cpu()) and torch.equal(c[2], g[2].cpu())
             assert np.isfinite(g[0].cpu().numpy()).all()
+
+
+@pytest.mark.dali
+@pytest.mark.skipif(not dali_available(), reason=f"NVIDIA DALI cannot be imported ({DALI_INSTALL})")
+def test_utterance_order_matches_the_batches(manifest):
+    # inference.py names its predictions from this order, on the DALI path as on the PyTorch one.
+    dl = loader(manifest, batch_size=3)
+    got = [t for _, _, txt, lens in epoch(dl, 1) for t in texts(txt, lens)]
+    assert [u.transcript for u in dl.utterances()] == got
+    assert [u.index for u in dl.utterances()] == list(range(len(RECORDINGS)))
+    with pytest.raises(ValueError, match="evaluation loader"):
+        loader(manifest, train=True).utterances()

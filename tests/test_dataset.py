@@ -23,7 +23,7 @@ from common.dataset import (
     read_manifests,
 )
 from common.features import FilterbankFeatures
-from common.text import DEFAULT_LABELS, normalize, text_to_ids
+from common.text import DEFAULT_LABELS, ids_to_text, normalize, text_to_ids
 
 SR = 16000
 LABELS = DEFAULT_LABELS
@@ -365,6 +365,21 @@ def test_feature_loader_yields_features_on_device(corpus):
         ref, ref_lens = features(audio, audio_lens)
         assert torch.equal(feats, ref) and torch.equal(feat_lens, ref_lens)
         assert torch.equal(txt, txt0) and torch.equal(txt_lens, txt_lens0.long())
+
+
+def test_feature_loader_utterance_order_matches_its_batches(corpus):
+    # inference.py names its predictions from this order: it must be the order of the texts.
+    ds = AudioDataset(corpus, ["plain.json", "offline.json"], LABELS)
+    fl = FeatureLoader(get_data_loader(ds, 2, train=False, num_workers=0), FilterbankFeatures())
+    order = fl.utterances()
+    texts = [
+        ids_to_text(t[:n].tolist(), LABELS) for _, _, txt, lens in fl for t, n in zip(txt, lens)
+    ]
+    assert [u.transcript for u in order] == texts
+    assert [u.index for u in order] == [1, 2, 3, 4, 5]  # positions in the manifests (0 too short)
+    train_fl = FeatureLoader(get_data_loader(ds, 2, train=True), FilterbankFeatures())
+    with pytest.raises(ValueError, match="evaluation loader"):
+        train_fl.utterances()
 
 
 @pytest.mark.gpu

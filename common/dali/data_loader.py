@@ -199,6 +199,13 @@ class DaliDataLoader:
         """Select the epoch's batch order, speed factors and SpecAugment masks."""
         self.epoch = epoch
 
+    def utterances(self) -> list[Utterance]:
+        """This rank's utterances in the order an evaluation pass yields them (as
+        :meth:`common.dataset.FeatureLoader.utterances`)."""
+        if not isinstance(self.sampler, EvalSampler):
+            raise ValueError("only an evaluation loader has a fixed utterance order")
+        return [self.utts[i] for batch in self.sampler for i in batch]
+
     def skip_batches(self, count: int) -> DaliDataLoader:
         """Start the next iteration after its first ``count`` batches (resuming inside an epoch)
         without reading them; the rest of the epoch is what an uninterrupted run reads."""
