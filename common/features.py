@@ -24,6 +24,13 @@ from torch import nn
 
 from common.audio import SAMPLE_RATE
 
+NORMALIZE_EPS = 1e-5  # added to the std before dividing (upstream's normalize_batch)
+
+
+def normalize_with(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """``(x - mean) / (std + 1e-5)``: feature normalisation with given statistics (broadcast)."""
+    return (x - mean) / (std + NORMALIZE_EPS)
+
 
 def slaney_mel_filterbank(
     sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None
@@ -261,13 +268,13 @@ class FilterbankFeatures(nn.Module):
             var = (((x - mean) * valid) ** 2).sum(dim=(1, 2), keepdim=True) / (count - 1).clamp(
                 min=1
             )
-            return (x - mean) / (var.sqrt() + 1e-5)
+            return normalize_with(x, mean, var.sqrt())
         valid = valid[:, None, :]
         count = valid.sum(dim=2, keepdim=True)
         mean = (x * valid).sum(dim=2, keepdim=True) / count.clamp(min=1)
-        # Unbiased std over the valid frames, + 1e-5 (upstream's normalize_batch).
+        # Unbiased std over the valid frames (upstream's normalize_batch).
         var = (((x - mean) * valid) ** 2).sum(dim=2, keepdim=True) / (count - 1).clamp(min=1)
-        return (x - mean) / (var.sqrt() + 1e-5)
+        return normalize_with(x, mean, var.sqrt())
 
     @torch.no_grad()
     def compute(

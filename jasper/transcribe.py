@@ -32,7 +32,7 @@ from torch import nn
 
 from common.audio import AudioLoadError, load_audio
 from common.checkpoint import CheckpointError, load_checkpoint, load_model_state, model_weights
-from common.features import FilterbankFeatures
+from common.features import FilterbankFeatures, normalize_with
 from common.metrics import ctc_greedy_text
 from jasper import config
 from jasper.model import Jasper, MaskedConv1d, greedy_decode
@@ -274,7 +274,7 @@ class Transcriber:
                 count * total.numel(),
             )
         mean = total / count
-        # Unbiased variance + 1e-5 on the std: FilterbankFeatures' normalisation (upstream's).
+        # Unbiased variance, as FilterbankFeatures' normalisation (upstream's).
         var = (squares - count * mean * mean) / max(count - 1, 1)
         return mean, var.clamp(min=0).sqrt()
 
@@ -292,7 +292,7 @@ class Transcriber:
             a_lo, a_hi = max(lo - self.pad_leading, 0), hi - self.pad_leading
             x = self._log_mel(audio, a_lo, a_hi)
             if normalize:
-                x = ((x.double() - mean[:, None]) / (std[:, None] + 1e-5)).float()
+                x = normalize_with(x.double(), mean[:, None], std[:, None]).float()
             x = nn.functional.pad(x, (max(self.pad_leading - lo, 0), 0))
             log_probs = self._run(x)
             first = (start - lo) // self.stride
