@@ -638,9 +638,13 @@ def main(argv: list[str] | None = None) -> int:
                 with amp_ctx():
                     log_probs, enc_lens = model(feats, feat_lens)
                 loss = ctc(log_probs, txt, enc_lens, txt_lens) / accum
-                # Every rank must agree to skip, or DDP's gradient all-reduce would hang.
-                finite = all_reduce(torch.isfinite(loss).float().reshape(1), dist.ReduceOp.MIN)
-                if finite.item() == 0:
+                # Every rank must agree to skip, or DDP's gradient all-reduce would hang. One
+                # all-reduce (and one host sync) carries both the finite count and the loss sum.
+                loss_value = loss.detach().float()
+                reduced = all_reduce(torch.stack([torch.isfinite(loss_value).float(),
+                                                  torch.nan_to_num(loss_value)]))  # fmt: skip
+                finite_ranks, loss_sum = reduced.tolist()
+                if finite_ranks < world_size:
                     nonfinite_run += 1
                     nonfinite_total += 1
                     logger.info(f"non-finite loss at step {state.step + 1}; batch skipped "
@@ -655,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 nonfinite_run = 0
                 scaler.scale(loss).backward()
-            step_loss += all_reduce(loss.detach().clone(), dist.ReduceOp.SUM).item() / world_size
+            step_loss += loss_sum / world_size
             step_utts += feats.size(0) * world_size
             accumulated += 1
             if accumulated < accum:

@@ -74,6 +74,22 @@ def _buckets(params: list[torch.Tensor]) -> list[list[torch.Tensor]]:
 # Novograd (Ginsburg et al. 2019, https://arxiv.org/abs/1905.11286), as upstream implements it
 
 
+def _evaluate_closure(closure: Callable[[], float] | None) -> float | None:
+    """The loss of ``closure`` (gradients on, as ``step`` runs under no_grad), or None."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
+def _init_adam_state(state: dict[str, Any], p: torch.Tensor) -> None:
+    """Per-element first and second moments (AdamW and LAMB), created on the first step."""
+    if "exp_avg" not in state:
+        state["step"] = torch.zeros((), dtype=torch.int64)
+        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
 def _init_novograd_state(state: dict[str, Any], p: torch.Tensor, amsgrad: bool) -> None:
     if "exp_avg" not in state:
         state["step"] = torch.zeros((), dtype=torch.int64)
@@ -125,10 +141,7 @@ class Novograd(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate_closure(closure)
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for p in _params_with_grad(group, "Novograd"):
@@ -173,10 +186,7 @@ class FusedNovograd(Novograd):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate_closure(closure)
         for group in self.param_groups:
             for params in _buckets(_params_with_grad(group, "FusedNovograd")):
                 self._update_bucket(group, params)
@@ -245,19 +255,13 @@ class AdamW(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate_closure(closure)
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for p in _params_with_grad(group, "AdamW"):
                 grad = p.grad
                 state = self.state[p]
-                if "exp_avg" not in state:
-                    state["step"] = torch.zeros((), dtype=torch.int64)
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                _init_adam_state(state, p)
                 if group["amsgrad"] and "max_exp_avg_sq" not in state:
                     state["max_exp_avg_sq"] = torch.zeros_like(p)
                 step = _step_counter(state).add_(1)
@@ -321,10 +325,7 @@ class Lamb(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate_closure(closure)
         work = [
             (group, params)
             for group in self.param_groups
@@ -354,10 +355,7 @@ class Lamb(Optimizer):
         wd = group["weight_decay"]
         states = [self.state[p] for p in params]
         for p, state in zip(params, states):
-            if "exp_avg" not in state:
-                state["step"] = torch.zeros((), dtype=torch.int64)
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            _init_adam_state(state, p)
         steps = [_step_counter(s) for s in states]
         torch._foreach_add_(steps, 1)
         exp_avgs = [s["exp_avg"] for s in states]
