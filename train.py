@@ -75,6 +75,13 @@ def get_parser() -> argparse.ArgumentParser:
         default="fp16",
         help="autocast dtype when --amp is on (fp16 uses a GradScaler)",
     )
+    t.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        default="float32",
+        help="weights and features; float64 (CPU, PyTorch loader, no AMP) makes runs comparable "
+        "independently of the CPU's float32 kernels, e.g. 2 processes against 1 with accumulation",
+    )
     t.add_argument("--seed", type=int, default=42, help="seed; rank r uses seed + r for its RNGs")
     t.add_argument(
         "--local_rank",
@@ -239,9 +246,9 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def build_model(cfg: dict, device: torch.device) -> Jasper:
+def build_model(cfg: dict, device: torch.device, dtype: torch.dtype = torch.float32) -> Jasper:
     n_classes = len(cfg["labels"]) + 1  # + CTC blank, the last class
-    return Jasper(config.encoder(cfg), config.decoder(cfg, n_classes)).to(device)
+    return Jasper(config.encoder(cfg), config.decoder(cfg, n_classes)).to(device, dtype)
 
 
 def model_name(cfg: dict) -> str:
@@ -301,7 +308,7 @@ def build_loader(
     )
     features = FilterbankFeatures(**features_kw).to(device)
     features.train(train)
-    return FeatureLoader(loader, features, device)
+    return FeatureLoader(loader, features, device, dtype=getattr(torch, args.dtype))
 
 
 # --------------------------------------------------------------------------------------------
@@ -417,7 +424,7 @@ def evaluate(model, loader, ctc: CTCLoss, labels: list[str], amp_ctx, device) ->
     for feats, feat_lens, txt, txt_lens in loader:
         with amp_ctx():
             log_probs, enc_lens = model(feats, feat_lens)
-        losses = ctc.loss(log_probs.float().transpose(0, 1), txt, enc_lens, txt_lens)
+        losses = ctc.per_utterance(log_probs, txt, enc_lens, txt_lens)
         hyps, refs = decode_batch(log_probs, enc_lens, txt, txt_lens, labels)
         _, errors, words = word_error_rate(hyps, refs)
         sums += torch.tensor(
@@ -504,6 +511,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit("error: --batch_size must be a multiple of --grad_accumulation_steps")
     if args.prediction_frequency % args.log_frequency:
         sys.exit("error: --prediction_frequency must be a multiple of --log_frequency")
+    if args.dtype == "float64" and (args.amp or args.dali_device != "none"):
+        sys.exit(
+            "error: --dtype float64 needs --dali_device none (DALI computes float32) and no --amp"
+        )
     device, rank, world_size = setup_distributed(args)
     seed_everything(args.seed + rank)
 
@@ -546,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
             f"process, fewer than one step of {accum}: lower BATCH_SIZE or add data"
         )
 
-    model = build_model(cfg, device)
+    model = build_model(cfg, device, getattr(torch, args.dtype))
     logger.info(f"Model size: {num_parameters(model) / 1e6:.1f}M params ({model_name(cfg)})")
     ctc = CTCLoss(len(labels) + 1)
     betas = {"betas": tuple(args.betas)} if args.betas else {}
@@ -640,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
                 loss = ctc(log_probs, txt, enc_lens, txt_lens) / accum
                 # Every rank must agree to skip, or DDP's gradient all-reduce would hang. One
                 # all-reduce (and one host sync) carries both the finite count and the loss sum.
-                loss_value = loss.detach().float()
+                loss_value = loss.detach().double()
                 reduced = all_reduce(torch.stack([torch.isfinite(loss_value).float(),
                                                   torch.nan_to_num(loss_value)]))  # fmt: skip
                 finite_ranks, loss_sum = reduced.tolist()

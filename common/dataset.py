@@ -559,13 +559,19 @@ class FeatureLoader:
 
     ``features`` (a :class:`common.features.FilterbankFeatures`) is moved to ``device`` and run
     there in fp32 (autocast off) under ``no_grad``; whether dither and SpecAugment run is decided by
-    its mode: call ``features.train()`` or ``features.eval()``.
+    its mode: call ``features.train()`` or ``features.eval()``. ``dtype=torch.float64`` computes
+    and yields float64 features instead (exact comparisons of training runs, ``train.py --dtype``).
     """
 
     def __init__(
-        self, loader: DataLoader, features: torch.nn.Module, device: torch.device | str = "cpu"
+        self,
+        loader: DataLoader,
+        features: torch.nn.Module,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
     ):
         self.loader = loader
+        self.dtype = dtype
         self.device = torch.device(device)
         self.features = features.to(self.device)
 
@@ -603,9 +609,9 @@ class FeatureLoader:
             audio = audio.to(dev, non_blocking=True)
             audio_lens = audio_lens.to(dev, non_blocking=True)
             with torch.no_grad(), torch.autocast(dev.type, enabled=False):
-                feats, feat_lens = self.features(audio.float(), audio_lens)
+                feats, feat_lens = self.features(audio.to(self.dtype), audio_lens)
             yield (
-                feats.float(),
+                feats.to(self.dtype),
                 feat_lens.long(),
                 txt.to(dev, non_blocking=True).long(),
                 txt_lens.to(dev, non_blocking=True).long(),

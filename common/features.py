@@ -281,7 +281,7 @@ class FilterbankFeatures(nn.Module):
         self, audio: torch.Tensor, audio_lens: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Features before padding and augmentation: (B, F, 1 + N // hop) with zeros past the lengths."""
-        x = audio.float()
+        x = audio.to(torch.promote_types(audio.dtype, torch.float32))  # fp32, or fp64 when given
         lens = self.feature_lengths(audio_lens.to(x.device))
         if self.dither > 0 and (self.training or self.dither_at_eval):
             x = x + self.dither * torch.randn_like(x)
@@ -292,7 +292,7 @@ class FilterbankFeatures(nn.Module):
             n_fft=self.n_fft,
             hop_length=self.hop_length,
             win_length=self.win_length,
-            window=self.window.float(),
+            window=self.window.to(x.dtype),
             center=True,
             pad_mode=self.stft_pad_mode,
             normalized=False,
@@ -301,7 +301,7 @@ class FilterbankFeatures(nn.Module):
         )
         spec = torch.view_as_real(spec)
         power = spec[..., 0] ** 2 + spec[..., 1] ** 2  # (B, n_fft//2+1, T)
-        x = torch.matmul(self.fb.float(), power)  # (B, F, T)
+        x = torch.matmul(self.fb.to(x.dtype), power)  # (B, F, T)
         if self.log:
             x = torch.log(x + self.log_zero_guard)
         x = self._normalize(x, lens)

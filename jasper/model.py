@@ -276,6 +276,11 @@ class JasperEncoder(nn.Module):
         return lens
 
 
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """fp16/bf16/fp32 -> fp32; fp64 stays fp64 (training in float64 for exact comparisons)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 class JasperDecoderForCTC(nn.Module):
     """1x1 conv classifier: (B, C, T) -> log-probabilities (B, T, K), computed in fp32."""
 
@@ -286,7 +291,7 @@ class JasperDecoderForCTC(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.layers(x).transpose(1, 2)
-        return nn.functional.log_softmax(logits.float(), dim=-1)
+        return nn.functional.log_softmax(at_least_fp32(logits), dim=-1)
 
 
 class Jasper(nn.Module):
@@ -313,6 +318,22 @@ class CTCLoss(nn.Module):
         self.blank = n_classes - 1
         self.loss = nn.CTCLoss(blank=self.blank, reduction="none", zero_infinity=zero_infinity)
 
+    def per_utterance(
+        self,
+        log_probs: torch.Tensor,
+        targets: torch.Tensor,
+        input_lens: torch.Tensor,
+        target_lens: torch.Tensor,
+    ) -> torch.Tensor:
+        """Loss of each utterance (B,) from ``log_probs (B, T, K)``."""
+        # nn.CTCLoss wants (T, B, K) log-probs.
+        return self.loss(
+            at_least_fp32(log_probs).transpose(0, 1),
+            targets.long(),
+            input_lens.long(),
+            target_lens.long(),
+        )
+
     def forward(
         self,
         log_probs: torch.Tensor,
@@ -320,14 +341,7 @@ class CTCLoss(nn.Module):
         input_lens: torch.Tensor,
         target_lens: torch.Tensor,
     ) -> torch.Tensor:
-        # nn.CTCLoss wants (T, B, K) log-probs.
-        per_utt = self.loss(
-            log_probs.float().transpose(0, 1),
-            targets.long(),
-            input_lens.long(),
-            target_lens.long(),
-        )
-        return per_utt.mean()
+        return self.per_utterance(log_probs, targets, input_lens, target_lens).mean()
 
 
 def greedy_decode(log_probs: torch.Tensor, lens: torch.Tensor | None = None) -> torch.Tensor:

@@ -227,8 +227,11 @@ def test_nonfinite_losses_are_skipped_then_abort(tmp_path):
 
 
 def test_two_processes_equal_one_process_with_accumulation(corpus, tmp_path):
+    # In float64 (features, weights, loss) the comparison does not depend on the CPU: in float32
+    # the rounding of other kernels and of the all-reduce order, magnified by Novograd's per-layer
+    # normalisation, differed by 8.6e-5 on one AVX-512 machine and by under 1e-5 on another.
     common = ["--override_config", "input_train.filterbank_features.dither=0.0", "--ema", "0",
-              "--epochs", "1", "--eval_frequency", "1000"]  # fmt: skip
+              "--epochs", "1", "--eval_frequency", "1000", "--dtype", "float64"]  # fmt: skip
     one, two = tmp_path / "one", tmp_path / "two"
     single = train_args(corpus, one, "--batch_size", "8", "--grad_accumulation_steps", "2", *common)
     assert train.main(single) == 0
@@ -243,7 +246,10 @@ def test_two_processes_equal_one_process_with_accumulation(corpus, tmp_path):
     for key in a:
         if "running_" in key or "num_batches_tracked" in key:
             continue  # each rank normalises its own micro-batch (CONVENTIONS)
-        assert torch.allclose(a[key], b[key], atol=1e-5), key
+        assert a[key].dtype == torch.float64 or not a[key].is_floating_point(), key
+        assert torch.allclose(a[key], b[key], rtol=0, atol=1e-10), key
     loss_a = [r["data"]["train_loss"] for r in train_log(one) if "train_loss" in r["data"]]
     loss_b = [r["data"]["train_loss"] for r in train_log(two) if "train_loss" in r["data"]]
-    assert loss_a == pytest.approx(loss_b, abs=1e-5)
+    assert len(loss_a) == 3
+    # The JSON log rounds losses to 5 significant digits; the weights above are the exact check.
+    assert loss_a == pytest.approx(loss_b, rel=1e-9, abs=1e-9)
