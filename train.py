@@ -308,7 +308,9 @@ def build_loader(
     )
     features = FilterbankFeatures(**features_kw).to(device)
     features.train(train)
-    return FeatureLoader(loader, features, device, dtype=getattr(torch, args.dtype))
+    return FeatureLoader(
+        loader, features, device, dtype=getattr(torch, getattr(args, "dtype", "float32"))
+    )
 
 
 # --------------------------------------------------------------------------------------------
