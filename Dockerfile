@@ -17,3 +17,5 @@ RUN pip install --no-cache-dir -r requirements.txt -r requirements-dev.txt
 
 # The repository (.dockerignore keeps out virtualenvs, data, checkpoints and results).
 COPY . .
+# The recipe's packages importable from any directory (no dependencies: installed above).
+RUN pip install --no-cache-dir --no-deps -e .

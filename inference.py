@@ -1,11 +1,14 @@
-"""Greedy CTC inference and evaluation with a trained checkpoint (spec 8).
+"""CTC inference and evaluation with a trained checkpoint (upstream inference.py): greedy or beam
+search with an n-gram LM (``--decoder``, docs/decoding.md).
 
 Inputs (one or more of):
-- ``--val_manifests``: manifests (spec 9); WER is printed and logged. A manifest whose entries carry
-  no transcript is transcribed all the same (predictions written, WER skipped with a note).
-- ``--transcribe_wav FILE|DIR``: audio files (WAV/FLAC/OGG, any sample rate, mono or multi-channel);
+- ``--val_manifests``: manifests (docs/upstream.md#manifests); WER is printed and logged. A
+  manifest whose entries carry no transcript is transcribed all the same (predictions written,
+  WER skipped with a note).
+- ``--transcribe_wav FILE|DIR``: audio files (WAV/FLAC/OGG/Opus/MP3/M4A, any sample rate and channels);
   a directory means every audio file under it. Each file is read whole; long recordings run in
-  overlapping chunks (``--chunk_seconds``) with the same result (``jasper.transcribe``).
+  overlapping chunks (``--chunk_seconds``) with the same result (``jasper.transcribe``). A file
+  that cannot be decoded is named and skipped; the others go on (exit status 1).
 - ``--transcribe_filelist LIST``: a text file with one audio path per line (relative paths are
   resolved against ``--dataset_dir``).
 - ``--synthetic_duration SECONDS``: batches of noise of exactly that duration (latency benchmarks
@@ -25,53 +28,69 @@ Outputs:
   ``OUTPUT_DIR/nvlog_infer.json``); ``--latency_table PREFIX`` adds this run's latency row to
   ``PREFIX.json`` and ``PREFIX.md`` (``scripts/inference_benchmark.sh`` builds its sweep this way).
 
-Fixed against upstream (spec 14): multi-process evaluation works (``torchrun``; every utterance is
-evaluated exactly once and the WER sums errors and words over ranks, so it equals the
-single-process WER); ``--ema`` falls back to the raw weights with a warning; logits of
-variable-length utterances are saved; CPU inference needs no CUDA and no DALI; latency keys match
-their declared names.
+Fixed against upstream (docs/upstream.md#known-upstream-defects): multi-process evaluation works
+(``torchrun``; every utterance is evaluated exactly once and the WER sums errors and words over
+ranks, so it equals the single-process WER: U3, U24); ``--ema`` falls back to the raw weights with a
+warning (U6); logits of variable-length utterances are saved (U2); CPU inference needs no CUDA and no
+DALI (U5); latency keys match their declared names (U25).
 
-Timing (``--steps N``, spec 8.2/8.3): after ``--warmup_steps`` (plus the first step), each step
-records ``data`` (the loader's next batch: audio reading and features), ``dnn`` (leading pad,
-network, argmax; device synchronised before and after) and ``data+dnn``; the first 5 records are
-dropped, and the 90/95/99th percentiles and the mean are reported in ms.
+Timing (``--steps N``; docs/upstream.md#inference-and-latency, :mod:`common.latency`): after
+``--warmup_steps`` (plus the first step), each step records ``data`` (the loader's next batch: audio
+reading and features), ``dnn`` (leading pad, network, argmax; device synchronised before and after)
+and ``data+dnn``; the first 5 records are dropped, and the 90/95/99th percentiles and the mean are
+reported in ms.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
-import platform
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
+from common import distributed, machine
 from common.audio import AudioLoadError
 from common.checkpoint import CheckpointError
 from common.dali import DaliUnavailableError
-from common.dataset import EvalSampler, ManifestError, MissingAudioError
+from common.dataset import EvalSampler, ManifestError, MissingAudioError, read_manifests
 from common.features import FilterbankFeatures
-from common.logger import LATENCY_RATIOS, LATENCY_STAGES, Logger, latency_metric
-from common.metrics import ctc_greedy_text, word_error_rate
+from common.latency import (
+    Latencies,
+    NotEnoughData,
+    SyntheticBatches,
+    full_batches,
+    min_steps,
+    update_table,
+)
+from common.loader import build_loader
+from common.logger import Logger
+from common.metrics import word_error_rate
+from common.output_formats import FORMATS, write_outputs
+from common.vad import VadUnavailableError, transcribe_with_vad
 from jasper import config
+from jasper.decoding import (
+    BeamDecoder,
+    BeamSearchUnavailableError,
+    GreedyDecoder,
+    Hypothesis,
+    Word,
+    build_decoder,
+    unpad,
+)
 from jasper.model import greedy_decode
 from jasper.prepare import DTYPES, SpeedOptions, prepare
-from jasper.transcribe import Transcriber, audio_files, load_model
-from train import build_loader, setup_distributed
+from jasper.streaming import StreamingTranscriber, file_chunks, transcribe_stream
+from jasper.transcribe import Transcriber, audio_files, load_model, receptive_field
 
 log = logging.getLogger("inference")
-
-LATENCY_DROP_FIRST = 5  # first recorded steps left out of the latency figures (spec 8.2 step 10)
-LATENCY_MIN_SAMPLES = 20
 
 
 class InputError(ValueError):
@@ -104,7 +123,7 @@ def get_parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--ema",
         action=argparse.BooleanOptionalAction,
-        default=False,
+        default=True,
         help="use the EMA weights (the raw weights, with a warning, if there are none)",
     )
 
@@ -134,7 +153,7 @@ def get_parser() -> argparse.ArgumentParser:
         "default: gpu on CUDA when DALI is installed, else none",
     )
     d.add_argument("--num_workers", type=int, default=4, help="DataLoader workers (PyTorch loader)")
-    d.add_argument("--batch_size", type=int, default=16, help="utterances per batch (manifests)")
+    d.add_argument("--batch_size", type=int, default=64, help="utterances per batch (manifests)")
     d.add_argument(
         "--pad_leading",
         type=int,
@@ -153,6 +172,23 @@ def get_parser() -> argparse.ArgumentParser:
         default=None,
         help="context on each side of a chunk (default: the receptive field: exact)",
     )
+
+    d.add_argument(
+        "--vad",
+        action="store_true",
+        help="audio files: cut at pauses found by voice activity detection (silero-vad) into "
+        "segments of at most --vad_max_seconds, transcribed one by one (docs/streaming.md)",
+    )
+    d.add_argument("--vad_max_seconds", type=float, default=20.0, help="longest --vad segment")
+    d.add_argument(
+        "--stream",
+        action="store_true",
+        help="audio files: play each as a stream through the buffered streaming transcriber "
+        "(what scripts/transcribe_stream.sh does; docs/streaming.md)",
+    )
+    d.add_argument("--stream_chunk", type=float, default=1.0, help="--stream: chunk seconds")
+    d.add_argument("--stream_left", type=float, default=2.0, help="--stream: left context (s)")
+    d.add_argument("--stream_right", type=float, default=1.0, help="--stream: right context (s)")
 
     r = p.add_argument_group("device and speed")
     r.add_argument(
@@ -207,10 +243,14 @@ def get_parser() -> argparse.ArgumentParser:
     )
     r.add_argument(
         "--fft_convs",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="compute the long convolutions by FFT (CPU: about 3x faster; ~3x the weights' memory)",
+        nargs="?",
+        const="true",
+        default="auto",
+        choices=("auto", "true", "false"),
+        help="compute the long convolutions by FFT (same outputs; CPU: about 3x faster, ~3x the "
+        "weights' memory); auto: on the CPU, not on GPUs (cuDNN is faster there)",
     )
+    r.add_argument("--no-fft_convs", dest="fft_convs", action="store_const", const="false")
     r.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,
@@ -240,6 +280,27 @@ def get_parser() -> argparse.ArgumentParser:
         help="add this run's latencies as a row of PREFIX.json and PREFIX.md",
     )
 
+    g = p.add_argument_group("decoding (docs/decoding.md)")
+    g.add_argument(
+        "--decoder",
+        choices=("greedy", "beam"),
+        default="greedy",
+        help="greedy (upstream's) or CTC beam search (needs requirements-lm.txt)",
+    )
+    g.add_argument("--beam_width", type=int, default=32, help="beam search: hypotheses kept")
+    g.add_argument(
+        "--lm", default=None, help="beam search: word n-gram LM (ARPA, .arpa.gz or KenLM binary)"
+    )
+    g.add_argument("--lm_alpha", type=float, default=0.5, help="beam search: LM weight")
+    g.add_argument("--lm_beta", type=float, default=1.0, help="beam search: word insertion bonus")
+    g.add_argument(
+        "--lexicon",
+        default=None,
+        help="beam search with an LM: word list (default: the LM's vocabulary)",
+    )
+    g.add_argument("--hotwords", nargs="*", default=[], help="beam search: words to favour")
+    g.add_argument("--decoder_workers", type=int, default=4, help="beam search: decoding processes")
+
     o = p.add_argument_group("outputs")
     o.add_argument("-o", "--output_dir", default="results/", help="where the JSON log goes")
     o.add_argument(
@@ -250,6 +311,15 @@ def get_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="PATH",
         help="write '<name>\\t<transcript>' lines here",
+    )
+    o.add_argument(
+        "--output_format",
+        nargs="+",
+        choices=FORMATS,
+        default=["txt"],
+        help="with --save_predictions PATH: txt is PATH itself ('<name>\\t<transcript>'); json, "
+        "ctm go next to it (PATH without its suffix + .json/.ctm), srt and vtt in a folder of "
+        "one file per recording (word times and confidences: docs/decoding.md)",
     )
     o.add_argument(
         "--save_logits",
@@ -273,107 +343,121 @@ class Record:
     hypothesis: str
     reference: str | None = None
     log_probs: torch.Tensor | None = None
+    words: tuple[Word, ...] = ()
+
+    @property
+    def text(self) -> str:  # what common.output_formats reads
+        return self.hypothesis
 
 
-def _resolve(path: str | Path, base: str | Path) -> Path:
-    """``base / path`` if that exists, else ``path`` as given (how manifests are found)."""
-    in_base = Path(base) / path
-    return in_base if in_base.exists() else Path(path)
+def check_inputs(args: argparse.Namespace) -> None:
+    has_input = args.val_manifests or args.transcribe_wav or args.transcribe_filelist
+    if not has_input and args.synthetic_duration is None:
+        raise InputError(
+            "nothing to do: give --val_manifests, --transcribe_wav, "
+            "--transcribe_filelist or --synthetic_duration"
+        )
+    if has_input and args.synthetic_duration is not None:
+        raise InputError("--synthetic_duration replaces the data: give no manifests or files")
+    if args.steps > 0 and (args.transcribe_wav or args.transcribe_filelist):
+        raise InputError("--steps times batches of manifests or synthetic audio, not audio files")
+    if (args.vad or args.stream) and (args.decoder != "greedy" or args.vad == args.stream):
+        raise InputError("--vad and --stream are greedy, one at a time (not with --decoder beam)")
+    if 0 < args.steps < min_steps(args.warmup_steps):
+        raise InputError(
+            f"--steps {args.steps} (NUM_STEPS) is too few to measure latencies: at least "
+            f"{min_steps(args.warmup_steps)} with --warmup_steps {args.warmup_steps} (the first "
+            "5 timed steps are dropped and the percentiles need 20 more)"
+        )
 
 
-def unlabelled_manifest_files(manifest: str, data_dir: str) -> list[tuple[str, Path]] | None:
-    """``[(name, audio path)]`` of a manifest some of whose entries have no transcript, or None
-    when every entry has one (then the data loader reads it and WER is computed).
+def audio_name(path: Path, data_dir: str) -> str:
+    """How predictions name an audio file: relative to the data folder when inside it."""
+    return str(path.relative_to(data_dir)) if path.is_relative_to(data_dir) else str(path)
 
-    Each entry's speed-1.0 file (else its last, upstream's choice) is transcribed whole.
-    """
-    path = _resolve(manifest, data_dir)
-    try:
-        entries = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"manifest not found: {manifest} (looked in {data_dir} and .)"
-        ) from None
-    except json.JSONDecodeError as e:
-        raise ManifestError(f"{path}: not valid JSON: {e}") from None
-    if not isinstance(entries, list):
-        raise ManifestError(f"{path}: expected a JSON list of entries")
-    labelled = sum(
-        isinstance(e, dict) and ("transcript" in e or "text_filepath" in e) for e in entries
-    )
-    if labelled == len(entries):
-        return None
-    log.warning(
-        "note: %d of %d entries of %s have no transcript: its predictions are written, "
-        "its WER is not computed",
-        len(entries) - labelled,
-        len(entries),
-        manifest,
-    )
-    files = []
-    for i, entry in enumerate(entries):
-        variants = entry.get("files") if isinstance(entry, dict) else None
-        if (
-            not isinstance(variants, list)
-            or not variants
-            or not all(isinstance(f, dict) and isinstance(f.get("fname"), str) for f in variants)
-        ):
-            raise ManifestError(f"{path}: entry {i}: missing 'files' with 'fname'")
-        if entry.get("offset"):
-            raise ManifestError(
-                f"{path}: entry {i}: 'offset' entries need transcripts (they are read by the "
-                "data loader); add a transcript or cut the audio"
-            )
-        ones = [f for f in variants if abs(float(f.get("speed", 1.0)) - 1.0) < 1e-6]
-        fname = (ones or variants[-1:])[0]["fname"]
-        files.append((fname, Path(data_dir) / fname))
-    return files
+
+def split_manifests(
+    manifests: list[str], data_dir: str, labels: list[str]
+) -> tuple[list[str], list[tuple[str, Path]]]:
+    """``(manifests for the data loader, [(name, audio path)] to transcribe whole)``.
+
+    A manifest whose entries all carry a transcript is evaluated through the data loader (with
+    the config's filters, and WER); one with entries lacking it is transcribed file by file, each
+    entry's speed-1.0 file whole, and gets no WER."""
+    labelled, files = [], []
+    for manifest in manifests:
+        utts = read_manifests(
+            [manifest], data_dir, labels, min_duration=0.0, require_transcripts=False
+        )
+        missing = sum(u.transcript is None for u in utts)
+        if not missing:
+            labelled.append(manifest)
+            continue
+        log.warning(
+            "note: %d of %d entries of %s have no transcript: its predictions are written, "
+            "its WER is not computed",
+            missing,
+            len(utts),
+            manifest,
+        )
+        for u in utts:
+            if u.offset:
+                raise ManifestError(
+                    f"{manifest}: entry {u.index}: 'offset' entries need transcripts (they are "
+                    "read by the data loader); add a transcript or cut the audio"
+                )
+            path = u.speed_one_file().path
+            files.append((audio_name(path, data_dir), path))
+    return labelled, files
 
 
 def read_filelist(path: str, data_dir: str) -> list[tuple[str, Path]]:
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    return [(line.strip(), _resolve(line.strip(), data_dir)) for line in lines if line.strip()]
-
-
-class SyntheticBatches:
-    """One batch of Gaussian noise of exactly ``duration`` seconds per utterance, its features
-    computed on the device at every iteration (the ``data`` latency is feature extraction)."""
-
-    def __init__(
-        self,
-        features: FilterbankFeatures,
-        batch_size: int,
-        duration: float,
-        seed: int,
-        device: torch.device,
-    ) -> None:
-        n = round(duration * features.sample_rate)
-        generator = torch.Generator().manual_seed(seed)
-        self.audio = (0.1 * torch.randn(batch_size, n, generator=generator)).to(device)
-        self.lens = torch.full((batch_size,), n, dtype=torch.int64, device=device)
-        self.features = features.to(device).eval()
-        self.utterances = [(i, f"synthetic-{i}") for i in range(batch_size)]
-
-    def __len__(self) -> int:
-        return 1
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        with torch.no_grad():
-            feats, lens = self.features(self.audio, self.lens)
-        empty = torch.zeros(len(self.lens), 0, dtype=torch.int64, device=feats.device)
-        yield feats, lens, empty, torch.zeros_like(lens)
-
-
-def loader_utterances(loader, data_dir: str) -> list[tuple[int, str]]:
-    """``(position in the manifests, name)`` of this rank's utterances, in the order its loader
-    yields them; the name is the audio file."""
+    """``[(line, audio path)]``: relative paths are found in ``data_dir``, else as given."""
     out = []
-    for u in loader.utterances():
-        ones = [f for f in u.files if abs(f.speed - 1.0) < 1e-6]
-        path = Path((ones or u.files)[0].path)
-        name = str(path.relative_to(data_dir)) if path.is_relative_to(data_dir) else str(path)
-        out.append((u.index, name))
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            in_data = Path(data_dir) / line.strip()
+            out.append((line.strip(), in_data if in_data.exists() else Path(line.strip())))
     return out
+
+
+def build_batches(
+    args: argparse.Namespace,
+    cfg: dict,
+    manifests: list[str],
+    device: torch.device,
+    rank: int,
+    world_size: int,
+):
+    """``(loader, [(position, name)] of this rank's utterances in the loader's order)`` for the
+    labelled manifests, or synthetic audio with ``--synthetic_duration``."""
+    dataset_kw, features_kw = config.input(cfg, "val")
+    if args.synthetic_duration is not None:
+        features = FilterbankFeatures(**features_kw)
+        loader = SyntheticBatches(
+            features, args.batch_size, args.synthetic_duration, args.seed, device
+        )
+        return loader, loader.utterances
+    loader = build_loader(
+        manifests,
+        cfg["labels"],
+        dataset_kw,
+        features_kw,
+        dataset_dir=args.dataset_dir,
+        batch_size=args.batch_size,
+        train=False,
+        device=device,
+        backend=args.dali_device,
+        world_size=world_size,
+        rank=rank,
+        seed=args.seed,
+        num_workers=args.num_workers,
+    )
+    utterances = [
+        (u.index, audio_name(u.speed_one_file().path, args.dataset_dir))
+        for u in loader.utterances()
+    ]
+    return loader, utterances
 
 
 # --------------------------------------------------------------------------------------------
@@ -385,55 +469,13 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def full_batches(loader, batch_size: int) -> Iterator:
-    """The loader's full batches, over and over (benchmarks time equal batches only)."""
-    while True:
-        found = False
-        for batch in loader:
-            if batch[0].size(0) == batch_size:
-                found = True
-                yield batch
-        if not found:
-            raise InputError(f"the data hold no full batch of {batch_size} utterances to time")
-
-
-class Latencies:
-    """Per-step seconds of the three stages; :meth:`summary` gives the reported figures in ms."""
-
-    def __init__(self) -> None:
-        self.samples: dict[str, list[float]] = {stage: [] for stage in LATENCY_STAGES}
-
-    def add(self, data: float, dnn: float) -> None:
-        self.samples["data"].append(data)
-        self.samples["dnn"].append(dnn)
-        self.samples["data+dnn"].append(data + dnn)
-
-    def summary(self) -> dict[str, float] | None:
-        """``{latency_metric(stage, r): ms}`` for r in 0.99/0.95/0.9 (nearest-rank percentiles,
-        what upstream's index arithmetic computes) and 0.5 (the mean, as upstream); None when
-        fewer than 20 steps remain after dropping the first 5."""
-        out = {}
-        for stage, values in self.samples.items():
-            ms = sorted(1000.0 * v for v in values[LATENCY_DROP_FIRST:])
-            if len(ms) < LATENCY_MIN_SAMPLES:
-                return None
-            for ratio in LATENCY_RATIOS:
-                if ratio == 0.5:
-                    value = sum(ms) / len(ms)
-                else:
-                    value = ms[math.ceil(ratio * len(ms) - 1e-9) - 1]
-                out[latency_metric(stage, ratio)] = value
-        return out
-
-
 @torch.inference_mode()
 def run_batches(
     model: nn.Module,
     loader,
     utterances: list[tuple[int, str]],
-    group: int,
     args: argparse.Namespace,
-    labels: list[str],
+    decoder: GreedyDecoder | BeamDecoder,
     device: torch.device,
 ) -> tuple[list[Record], Latencies]:
     """Run the network over the loader's batches; with ``--steps``, time them instead."""
@@ -442,7 +484,6 @@ def run_batches(
     total_steps = args.steps + args.warmup_steps if benchmark else None
     records: list[Record] = []
     latencies = Latencies()
-    position = 0
     sync(device)
     t0 = time.perf_counter()
     for step, (feats, feat_lens, txt, txt_lens) in enumerate(batches):
@@ -455,74 +496,99 @@ def run_batches(
             feats = nn.functional.pad(feats, (args.pad_leading, 0))
             feat_lens = feat_lens + args.pad_leading
         log_probs, enc_lens = model(feats, feat_lens)
-        ids = greedy_decode(log_probs, enc_lens)
+        ids = greedy_decode(log_probs, enc_lens)  # the argmax, timed as upstream times it
         sync(device)
         t2 = time.perf_counter()
         if step >= 1 and (not benchmark or step >= args.warmup_steps):
             latencies.add(t1 - t0, t2 - t1)
         if not benchmark:
-            ids, enc_lens = ids.cpu(), enc_lens.cpu()
-            txt, txt_lens = txt.cpu(), txt_lens.cpu()
-            for i in range(ids.size(0)):
-                n = int(enc_lens[i])
-                index, name = utterances[position]
-                reference = "".join(labels[j] for j in txt[i, : int(txt_lens[i])].tolist())
-                records.append(
-                    Record(
-                        order=(group, index),
-                        name=name,
-                        hypothesis=ctc_greedy_text(ids[i, :n].tolist(), labels),
-                        reference=reference if txt_lens[i] > 0 else None,
-                        log_probs=log_probs[i, :n].float().cpu() if args.save_logits else None,
-                    )
-                )
-                position += 1
+            del ids
+            hypotheses = decoder.decode_batch(unpad(log_probs.float().cpu(), enc_lens.cpu()))
+            records += batch_records(
+                hypotheses, utterances[len(records) :], (log_probs, enc_lens), txt, txt_lens,
+                decoder.labels, args.save_logits is not None,
+            )  # fmt: skip
         sync(device)
         t0 = time.perf_counter()
     return records, latencies
 
 
-def run_files(
-    transcriber: Transcriber,
-    files: list[tuple[str, Path]],
-    group: int,
-    rank: int,
-    world_size: int,
+def batch_records(
+    hypotheses: list[Hypothesis],
+    utterances: list[tuple[int, str]],
+    outputs: tuple[torch.Tensor, torch.Tensor],
+    txt: torch.Tensor,
+    txt_lens: torch.Tensor,
+    labels: list[str],
     keep_logits: bool,
 ) -> list[Record]:
-    """Transcribe this rank's share of ``files`` (each file whole, long ones in chunks)."""
+    """The records of one batch, its utterances being the first of ``utterances``."""
+    log_probs, enc_lens = outputs
+    txt, txt_lens, enc_lens = txt.cpu(), txt_lens.cpu(), enc_lens.cpu()
     records = []
-    for i in EvalSampler(len(files), 1, world_size, rank).indices:
-        name, path = files[i]
-        result = transcriber.transcribe_file(path, name)
+    for i, hypothesis in enumerate(hypotheses):
+        index, name = utterances[i]
+        reference = "".join(labels[j] for j in txt[i, : int(txt_lens[i])].tolist())
+        logits = log_probs[i, : int(enc_lens[i])].float().cpu() if keep_logits else None
         records.append(
             Record(
-                order=(group, i),
+                order=(0, index),
                 name=name,
-                hypothesis=result.text,
-                log_probs=result.log_probs if keep_logits else None,
+                hypothesis=hypothesis.text,
+                reference=reference if txt_lens[i] > 0 else None,
+                log_probs=logits,
+                words=hypothesis.words,
             )
         )
     return records
 
 
-def gather_records(records: list[Record], world_size: int) -> list[Record]:
-    """Every rank's records on rank 0, in output order (other ranks get [])."""
-    if world_size > 1:
-        parts: list | None = [None] * world_size if dist.get_rank() == 0 else None
-        dist.gather_object(records, parts, dst=0)
-        if dist.get_rank() != 0:
-            return []
-        records = [r for part in parts for r in part]
-    return sorted(records, key=lambda r: r.order)
+def file_hypothesis(
+    path: Path, transcriber: Transcriber, decoder: GreedyDecoder | BeamDecoder, args
+) -> tuple[Hypothesis, torch.Tensor | None]:
+    """One file's transcript: whole (the default), cut at pauses (``--vad``) or streamed
+    (``--stream``); the whole-file path also gives its log-probs and the decoder's word times."""
+    if args.vad:
+        samples = transcriber.load(path)
+        cut = transcribe_with_vad(transcriber, samples, max_segment_seconds=args.vad_max_seconds)
+        return Hypothesis(cut.text), None
+    if args.stream:
+        streamer = StreamingTranscriber(
+            transcriber.model, transcriber.cfg, transcriber.device, chunk_seconds=args.stream_chunk,
+            left_seconds=args.stream_left, right_seconds=args.stream_right,
+            pad_leading=args.pad_leading,
+        )  # fmt: skip
+        list(transcribe_stream(streamer, file_chunks(path, streamer.sample_rate)))
+        return Hypothesis(streamer.text), None
+    log_probs = transcriber.log_probs(transcriber.load(path))
+    return decoder.decode(log_probs), log_probs
 
 
-def reduce_counts(values: list[float], device: torch.device) -> list[float]:
-    """Sum over ranks (float64: exact for counts)."""
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    if dist.is_initialized():
-        dist.all_reduce(t)
-    return t.tolist()
+def run_files(
+    transcriber: Transcriber,
+    decoder: GreedyDecoder | BeamDecoder,
+    files: list[tuple[str, Path]],
+    rank: int,
+    world_size: int,
+    args: argparse.Namespace,
+) -> tuple[list[Record], list[str]]:
+    """Transcribe this rank's share of ``files`` (each file whole, long ones in chunks); a file
+    that cannot be read or decoded is reported and skipped, and the others go on. Returns the
+    records and the errors."""
+    records, errors = [], []
+    for i in EvalSampler(len(files), 1, world_size, rank).indices:
+        name, path = files[i]
+        try:
+            hypothesis, log_probs = file_hypothesis(path, transcriber, decoder, args)
+        except AudioLoadError as e:
+            print(f"error: {e} (skipped)", file=sys.stderr)
+            errors.append(str(e))
+            continue
+        logits = log_probs if args.save_logits else None
+        records.append(
+            Record((1, i), name, hypothesis.text, log_probs=logits, words=hypothesis.words)
+        )
+    return records, errors
 
 
 # --------------------------------------------------------------------------------------------
@@ -549,218 +615,20 @@ def write_logits(records: list[Record], labels: list[str], path: str) -> None:
     )
 
 
-def machine_description(device: torch.device) -> dict[str, str | int]:
-    """What the latencies were measured on."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = platform.processor() or platform.machine()
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-        except OSError:
-            pass
-    return {
-        "device": name,
-        "device_type": device.type,
-        "cpu_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-    }
-
-
-def _duration_key(duration: float | str) -> tuple[int, float]:
-    return (1, 0.0) if isinstance(duration, str) else (0, float(duration))
-
-
-def update_latency_table(prefix: str, row: dict, machine: dict) -> None:
-    """Add ``row`` to ``PREFIX.json`` (replacing a row with the same settings) and rewrite
-    ``PREFIX.md`` from it, sorted by duration then batch size."""
-    json_path, md_path = Path(prefix + ".json"), Path(prefix + ".md")
-    table = json.loads(json_path.read_text()) if json_path.exists() else {"rows": []}
-    keys = ("batch_size", "duration", "precision", "options")
-    rows = [r for r in table["rows"] if any(r.get(k) != row[k] for k in keys)] + [row]
-    rows.sort(
-        key=lambda r: (r["options"], r["precision"], _duration_key(r["duration"]), r["batch_size"])
-    )
-    table = {"machine": machine, "rows": rows}
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(table, indent=1) + "\n")
-
-    stages = list(LATENCY_STAGES)
-    ratios = sorted(r for r in LATENCY_RATIOS if r != 0.5) + [0.5]  # 90%, 95%, 99%, mean
-    header = ["batch", "audio (s)", "precision", "options"] + [
-        f"{LATENCY_STAGES[s]} {'avg' if r == 0.5 else f'{round(100 * r)}%'}"
-        for s in stages
-        for r in ratios
-    ]
-    lines = [
-        f"Latency per batch in ms on {machine['device']} ({machine['device_type']}, "
-        f"torch {machine['torch']}, {machine['cpu_threads']} CPU threads).",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-    ]
-    for r in rows:
-        cells = [str(r["batch_size"]), str(r["duration"]), r["precision"], r["options"]]
-        cells += [f"{r['latency_ms'][latency_metric(s, q)]:.2f}" for s in stages for q in ratios]
-        lines.append("| " + " | ".join(cells) + " |")
-    md_path.write_text("\n".join(lines) + "\n")
-
-
-def speed_label(speed: SpeedOptions) -> str:
-    parts = [
-        name
-        for name in ("fold_batchnorm", "skip_masks", "fft_convs", "compile", "cuda_graphs")
-        if getattr(speed, name)
-    ]
-    return "+".join(parts) or "upstream-style"
-
-
-# --------------------------------------------------------------------------------------------
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = get_parser().parse_args(argv)
-    try:
-        return run(args)
-    except (
-        CheckpointError,
-        config.ConfigError,
-        AudioLoadError,
-        ManifestError,
-        MissingAudioError,
-        FileNotFoundError,
-        DaliUnavailableError,
-        InputError,
-    ) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
-def run(args: argparse.Namespace) -> int:
-    device, rank, world_size = setup_distributed(args)
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s")
-    has_input = args.val_manifests or args.transcribe_wav or args.transcribe_filelist
-    if not has_input and args.synthetic_duration is None:
-        raise InputError(
-            "nothing to do: give --val_manifests, --transcribe_wav, "
-            "--transcribe_filelist or --synthetic_duration"
-        )
-    if has_input and args.synthetic_duration is not None:
-        raise InputError("--synthetic_duration replaces the data: give no manifests or files")
-    if args.steps > 0 and (args.transcribe_wav or args.transcribe_filelist):
-        raise InputError("--steps times batches of manifests or synthetic audio, not audio files")
-    if args.dali_device is None:
-        from common.dali import dali_available
-
-        args.dali_device = "gpu" if device.type == "cuda" and dali_available() else "none"
-    if args.dali_device == "gpu" and device.type != "cuda":
-        raise InputError("--dali_device gpu needs CUDA; use --dali_device cpu or none on the CPU")
-    torch.manual_seed(args.seed + rank)
-
-    logger = Logger(
-        args.output_dir,
-        args.log_file,
-        enabled=rank == 0,
-        tensorboard_subsets=(),
-        json_name="nvlog_infer.json",
-    )
-    logger.log_params(vars(args))
-
-    model, cfg = load_model(
-        args.ckpt, args.model_config, ema=args.ema, overrides=args.override_config
-    )
-    labels = list(cfg["labels"])
-    dtype = DTYPES[args.precision] if args.amp else torch.float32
-    speed = SpeedOptions(
-        fold_batchnorm=args.fold_batchnorm,
-        skip_masks=args.skip_masks,
-        compile=args.compile,
-        cuda_graphs=args.cuda_graphs,
-        fft_convs=args.fft_convs,
-        dtype=dtype,
-    )
-    model = prepare(model.to(device), speed, inplace=True)
-
-    records: list[Record] = []
-    latencies = Latencies()
-    labelled = []
-    unlabelled: list[tuple[str, Path]] = []
-    for manifest in args.val_manifests:
-        files = unlabelled_manifest_files(manifest, args.dataset_dir)
-        if files is None:
-            labelled.append(manifest)
-        else:
-            unlabelled += files
-    if labelled or args.synthetic_duration is not None:
-        if args.synthetic_duration is not None:
-            _, features_kw = config.input(cfg, "val")
-            loader = SyntheticBatches(
-                FilterbankFeatures(**features_kw),
-                args.batch_size,
-                args.synthetic_duration,
-                args.seed,
-                device,
-            )
-            utterances = loader.utterances
-        else:
-            loader_args = argparse.Namespace(
-                dali_device=args.dali_device,
-                dataset_dir=args.dataset_dir,
-                seed=args.seed,
-                num_workers=args.num_workers,
-                bucketing=False,
-            )
-            loader = build_loader(
-                loader_args, cfg, "val", labelled, args.batch_size, device, rank, world_size
-            )
-            utterances = loader_utterances(loader, args.dataset_dir)
-        records, latencies = run_batches(model, loader, utterances, 0, args, labels, device)
-
-    files = list(unlabelled)
-    for path in audio_files(args.transcribe_wav):
-        files.append((str(path), path))
-    if args.transcribe_filelist:
-        files += read_filelist(args.transcribe_filelist, args.dataset_dir)
-    if files:
-        transcriber = Transcriber(
-            model,
-            cfg,
-            device,
-            pad_leading=args.pad_leading,
-            chunk_seconds=args.chunk_seconds,
-            context_seconds=args.chunk_context_seconds,
-        )
-        records += run_files(transcriber, files, 1, rank, world_size, bool(args.save_logits))
-
-    if args.steps > 0:
-        report_latencies(latencies, args, speed, cfg, device, logger)
-    else:
-        report_results(records, args, labels, device, world_size, logger)
-    logger.close()
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    return 0
-
-
 def report_results(
-    records: list[Record],
-    args: argparse.Namespace,
-    labels: list[str],
-    device: torch.device,
-    world_size: int,
+    records: list[Record], args: argparse.Namespace, labels: list[str], device: torch.device,
     logger: Logger,
-) -> None:
+) -> None:  # fmt: skip
+    """WER over all ranks; transcripts of audio files, predictions and logits from rank 0."""
     scored = [r for r in records if r.reference is not None]
     _, errors, words = word_error_rate(
         [r.hypothesis for r in scored], [r.reference for r in scored]
     )
-    errors, words, utts = reduce_counts([errors, words, len(scored)], device)
-    gathered = gather_records(records, world_size)
-    if dist.is_initialized() and dist.get_rank() != 0:
+    errors, words, utts = distributed.sum_over_ranks([errors, words, len(scored)], device)
+    gathered = distributed.gather_lists(records)
+    if gathered is None:
         return
+    gathered.sort(key=lambda r: r.order)
     if args.transcribe_wav or args.transcribe_filelist:
         for r in gathered:
             if r.order[0] == 1:
@@ -776,9 +644,22 @@ def report_results(
     if args.save_predictions:
         write_predictions(gathered, args.save_predictions)
         print(f"predictions of {len(gathered)} utterances written to {args.save_predictions}")
+        others = [f for f in args.output_format if f != "txt"]
+        prefix = Path(args.save_predictions).with_suffix("")
+        for path in write_outputs([(r.name, r) for r in gathered], prefix, others):
+            print(f"{path.suffix[1:]} output written to {path}")
     if args.save_logits:
         write_logits(gathered, labels, args.save_logits)
         print(f"log-probs of {len(gathered)} utterances written to {args.save_logits}")
+
+
+def speed_label(speed: SpeedOptions) -> str:
+    parts = [
+        name
+        for name in ("fold_batchnorm", "skip_masks", "fft_convs", "compile", "cuda_graphs")
+        if getattr(speed, name)
+    ]
+    return "+".join(parts) or "upstream-style"
 
 
 def report_latencies(
@@ -790,7 +671,7 @@ def report_latencies(
     logger: Logger,
 ) -> None:
     summary = latencies.summary()
-    if dist.is_initialized() and dist.get_rank() != 0:
+    if not distributed.is_main():
         return
     if summary is None:
         print("Not enough samples to measure latencies.")
@@ -813,7 +694,129 @@ def report_latencies(
             "warmup_steps": args.warmup_steps,
             "latency_ms": summary,
         }
-        update_latency_table(args.latency_table, row, machine_description(device))
+        update_table(args.latency_table, row, machine.describe(device))
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (
+        CheckpointError,
+        config.ConfigError,
+        AudioLoadError,
+        ManifestError,
+        MissingAudioError,
+        FileNotFoundError,
+        DaliUnavailableError,
+        InputError,
+        NotEnoughData,
+        BeamSearchUnavailableError,
+        VadUnavailableError,
+    ) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def use_fft_convs(choice: str, device: torch.device) -> bool:
+    """``--fft_convs auto`` is the fast path of each device: FFT convolutions on CPUs only."""
+    return choice == "true" or (choice == "auto" and device.type == "cpu")
+
+
+def make_decoder(args: argparse.Namespace, cfg: dict, model: nn.Module):
+    """The decoder of ``--decoder``; word times count from the audio's start: the
+    ``--pad_leading`` frames are subtracted (encoder frames = feature frames / the stride)."""
+    _, features_kw = config.input(cfg, "val")
+    stride = receptive_field(model)[1]
+    timing = {
+        "frame_seconds": features_kw["window_stride"] * stride,
+        "offset_frames": args.pad_leading // stride,
+    }
+    if args.decoder == "greedy":
+        return GreedyDecoder(cfg["labels"], **timing)
+    if args.lm is None and args.lexicon:
+        raise InputError("--lexicon constrains the words of an LM search: give --lm too")
+    return build_decoder(
+        "beam", cfg["labels"], beam_width=args.beam_width, lm=args.lm, alpha=args.lm_alpha,
+        beta=args.lm_beta, lexicon=args.lexicon, hotwords=args.hotwords,
+        num_workers=args.decoder_workers, **timing,
+    )  # fmt: skip
+
+
+def prepared_model(args: argparse.Namespace, device: torch.device):
+    """``(model ready to run on device, cfg, speed options)`` from ``--ckpt``."""
+    model, cfg = load_model(
+        args.ckpt, args.model_config, ema=args.ema, overrides=args.override_config
+    )
+    speed = SpeedOptions(
+        fold_batchnorm=args.fold_batchnorm,
+        skip_masks=args.skip_masks,
+        compile=args.compile,
+        cuda_graphs=args.cuda_graphs,
+        fft_convs=use_fft_convs(args.fft_convs, device),
+        dtype=DTYPES[args.precision] if args.amp else torch.float32,
+    )
+    log.info(
+        "speed options: %s on %s%s", speed_label(speed), device.type,
+        " (--fft_convs auto)" if args.fft_convs == "auto" else "",
+    )  # fmt: skip
+    return prepare(model.to(device), speed, inplace=True), cfg, speed
+
+
+def run(args: argparse.Namespace) -> int:
+    device, rank, world_size = distributed.init(args.device, args.local_rank, args.cudnn_benchmark)
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s")
+    check_inputs(args)
+    if args.dali_device is None:
+        from common.dali import dali_available
+
+        args.dali_device = "gpu" if device.type == "cuda" and dali_available() else "none"
+    if args.dali_device == "gpu" and device.type != "cuda":
+        raise InputError("--dali_device gpu needs CUDA; use --dali_device cpu or none on the CPU")
+    torch.manual_seed(args.seed + rank)
+    logger = Logger(
+        args.output_dir, args.log_file, enabled=rank == 0, tensorboard_subsets=(),
+        json_name="nvlog_infer.json",
+    )  # fmt: skip
+    logger.log_params(vars(args))
+    model, cfg, speed = prepared_model(args, device)
+    labels = list(cfg["labels"])
+    decoder = make_decoder(args, cfg, model)
+
+    labelled, files = split_manifests(args.val_manifests, args.dataset_dir, labels)
+    files += [(str(path), path) for path in audio_files(args.transcribe_wav)]
+    if args.transcribe_filelist:
+        files += read_filelist(args.transcribe_filelist, args.dataset_dir)
+    records: list[Record] = []
+    failed: list[str] = []
+    latencies = Latencies()
+    if labelled or args.synthetic_duration is not None:
+        loader, utterances = build_batches(args, cfg, labelled, device, rank, world_size)
+        records, latencies = run_batches(model, loader, utterances, args, decoder, device)
+    if files:
+        transcriber = Transcriber(
+            model, cfg, device, pad_leading=args.pad_leading, chunk_seconds=args.chunk_seconds,
+            context_seconds=args.chunk_context_seconds,
+        )  # fmt: skip
+        file_records, failed = run_files(transcriber, decoder, files, rank, world_size, args)
+        records += file_records
+
+    if isinstance(decoder, BeamDecoder):
+        decoder.close()  # its worker processes
+    if args.steps > 0:
+        report_latencies(latencies, args, speed, cfg, device, logger)
+    else:
+        report_results(records, args, labels, device, logger)
+    logger.close()
+    failures = int(distributed.sum_over_ranks([len(failed)], device)[0])
+    distributed.shutdown()
+    if failures:
+        print(f"error: {failures} file(s) could not be transcribed (see above)", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,8 +24,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from common import machine
 from common.dali import DaliDataLoader, require_dali
 from common.dataset import AudioDataset, FeatureLoader, get_data_loader
 from common.features import FilterbankFeatures
@@ -123,23 +119,10 @@ def time_loader(loader, device: str, epochs: int) -> tuple[float, int]:
     return time.perf_counter() - start, count
 
 
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+def machine_line() -> str:
     import nvidia.dali
 
-    return (
-        f"{cpu}, {cores} cores; {gpu}; torch {torch.__version__}, DALI {nvidia.dali.__version__}, "
-        f"Python {platform.python_version()}"
-    )
+    return f"{machine.summary('cuda' if torch.cuda.is_available() else 'cpu')}, DALI {nvidia.dali.__version__}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -195,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         "# Data-path throughput (training settings)",
         "",
-        f"Machine: {machine()}.",
+        f"Machine: {machine_line()}.",
         f"Config: `{args.config.name}` input_train (speed perturbation "
         f"{dataset_kw.get('speed_perturbation')}, trim {dataset_kw.get('trim_silence')}, "
         f"SpecAugment {features_kw.get('spec_augment')}); batch {args.batch_size}; "

@@ -8,22 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
+from common import machine
 from common.logger import parse_json_log
-
-
-def machine() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}, torch {torch.__version__}"
-    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
 def summarise(path: Path) -> dict:
@@ -53,7 +44,7 @@ def main() -> None:
     p.add_argument("--out", required=True, help="output path without extension (.md and .json)")
     args = p.parse_args()
     rows = [summarise(path) for path in args.logs]
-    where = machine()
+    where = machine.summary("cuda" if torch.cuda.is_available() else "cpu")
     lines = [
         f"Training throughput on {where}",
         "",

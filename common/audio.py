@@ -2,12 +2,20 @@
 
 Everything here works on 1-D float32 numpy arrays of mono samples in [-1, 1]. The model runs at
 16 kHz; files at other rates are resampled on load, multi-channel files are averaged to mono (upstream
-Jasper averaged over the wrong axis: spec 14.22).
+Jasper averaged over the wrong axis: docs/upstream.md#u22).
 
-Speed perturbation follows DALI's semantics (spec 5.3 step 3, 5.5): the signal is resampled by the
-drawn factor s and then read as 16 kHz again, so its length is multiplied by s and pitch and tempo
-change together. The PyTorch data path and the DALI path therefore augment alike, and they do it for
-every utterance by default (upstream's PyTorch path fired with p=0.1 only: spec 14.19).
+Speed perturbation follows DALI's semantics (docs/upstream.md#speed-perturbation): the signal
+is resampled by the drawn factor s and then read as 16 kHz again, so its length is multiplied by s
+and pitch and tempo change together. The PyTorch data path and the DALI path therefore augment
+alike, and they do it for every utterance by default (upstream's PyTorch path fired with p=0.1
+only: docs/upstream.md#u19).
+
+Decoders: libsndfile (``soundfile``) reads WAV, FLAC and OGG (Vorbis, and Opus from libsndfile
+1.0.29 on); every other container and codec (MP3, M4A/MP4 with AAC, ``.opus``, WebM, ...) goes
+through FFmpeg's decoders as PyAV (``av``, whose wheels bundle FFmpeg) exposes them, and so does a
+WAV/FLAC/OGG file that libsndfile cannot open. Encoder delay ("priming" samples of MP3, AAC and
+Opus) is dropped by FFmpeg wherever the file says how much there is (LAME/Xing header, Opus
+pre-skip, MP4 edit list).
 """
 
 from __future__ import annotations
@@ -20,10 +28,16 @@ import numpy as np
 
 SAMPLE_RATE = 16000  # Hz, what every model of the recipe expects
 TRIM_TOP_DB = 60.0  # dB below the loudest frame that counts as silence (upstream's trim)
+# Read with libsndfile; other extensions, and files libsndfile refuses, with PyAV (FFmpeg).
+SOUNDFILE_EXTENSIONS = (".wav", ".flac", ".ogg")
+AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS + (".opus", ".mp3", ".m4a", ".aac")  # what folders list
+CONVERT_HINT = (
+    "re-encode it from its source (e.g. ffmpeg -i SOURCE -ac 1 -ar 16000 OUT.wav) or leave it out"
+)
 
 
 class AudioLoadError(RuntimeError):
-    """An audio file is missing, unreadable or empty; the message names the file."""
+    """An audio file is missing, unreadable, empty or damaged; the message names the file."""
 
 
 def load_audio(
@@ -33,7 +47,7 @@ def load_audio(
     duration: float | None = None,
     trim_silence: bool = False,
 ) -> np.ndarray:
-    """Read a WAV/FLAC/OGG file as mono float32 at ``target_sr``.
+    """Read an audio file (WAV, FLAC, OGG/Opus, MP3, M4A/AAC, ...) as mono float32 at ``target_sr``.
 
     Args:
         path: the audio file.
@@ -43,24 +57,25 @@ def load_audio(
         trim_silence: drop leading and trailing audio quieter than ``TRIM_TOP_DB`` below the peak.
 
     Raises:
-        AudioLoadError: the file is missing, cannot be decoded, or holds no samples.
+        AudioLoadError: the file is missing, cannot be decoded, holds no samples, or holds NaN or
+            infinite samples.
     """
-    import soundfile as sf
-
     path = Path(path)
     if not path.is_file():
         raise AudioLoadError(f"audio file not found: {path}")
-    try:
-        with sf.SoundFile(str(path)) as f:
-            sr = f.samplerate
-            if offset > 0:
-                f.seek(int(offset * sr))
-            frames = -1 if duration is None else math.ceil(duration * sr)
-            samples = f.read(frames=frames, dtype="float32", always_2d=True)
-    except (RuntimeError, sf.LibsndfileError, ValueError) as e:
-        raise AudioLoadError(f"cannot read audio file {path}: {e}") from e
+    if path.suffix.lower() in SOUNDFILE_EXTENSIONS:
+        try:
+            samples, sr = _read_soundfile(path, offset, duration)
+        except AudioLoadError as e:
+            # A misnamed file (MP3 or AAC data in a .wav), or Opus with an old libsndfile.
+            samples, sr = _read_av(path, offset, duration, soundfile_error=str(e))
+            if samples.size == 0:
+                raise  # FFmpeg found no audio either: libsndfile's reason says more
+    else:
+        samples, sr = _read_av(path, offset, duration)
     if samples.size == 0:
         raise AudioLoadError(f"audio file {path} holds no samples")
+    check_finite(samples, str(path))
     # (frames, channels) -> mono: average the channels, not the frames.
     samples = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
     if sr != target_sr:
@@ -68,6 +83,75 @@ def load_audio(
     if trim_silence:
         samples = trim_silence_db(samples, TRIM_TOP_DB)
     return np.ascontiguousarray(samples, dtype=np.float32)
+
+
+def check_finite(samples: np.ndarray, name: str) -> None:
+    """Raise :class:`AudioLoadError` naming ``name`` when ``samples`` hold NaN or infinity (a
+    float WAV written from a failed computation): the features and the transcript would be NaN or
+    silently empty."""
+    bad = ~np.isfinite(samples)
+    if bad.any():
+        raise AudioLoadError(
+            f"{name}: {int(bad.sum())} of {samples.size} samples are NaN or infinite: the audio "
+            "is damaged; recreate the file from its source"
+        )
+
+
+def _read_soundfile(path: Path, offset: float, duration: float | None) -> tuple[np.ndarray, int]:
+    """``(samples (frames, channels) float32, sample rate)`` through libsndfile."""
+    import soundfile as sf
+
+    try:
+        with sf.SoundFile(str(path)) as f:
+            sr = f.samplerate
+            if offset > 0:
+                f.seek(int(offset * sr))
+            frames = -1 if duration is None else math.ceil(duration * sr)
+            return f.read(frames=frames, dtype="float32", always_2d=True), sr
+    except (RuntimeError, sf.LibsndfileError, ValueError) as e:
+        raise AudioLoadError(f"cannot read audio file {path}: {e}") from e
+
+
+def _read_av(
+    path: Path, offset: float, duration: float | None, soundfile_error: str | None = None
+) -> tuple[np.ndarray, int]:
+    """``(samples (frames, channels) float32, sample rate)`` of the first audio stream, decoded by
+    FFmpeg through PyAV. The whole stream is decoded and then cut to ``offset``/``duration``
+    (exact to the sample, unlike seeking in compressed streams)."""
+    try:
+        import av
+    except ImportError:
+        raise AudioLoadError(
+            f"cannot read {path}: {path.suffix or 'this'} files are decoded with PyAV, which is "
+            f"not installed (pip install av; it is in requirements.txt)"
+            + (f"; libsndfile said: {soundfile_error}" if soundfile_error else "")
+        ) from None
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise AudioLoadError(f"{path} holds no audio stream ({CONVERT_HINT})")
+            stream = container.streams.audio[0]
+            sr = stream.codec_context.sample_rate
+            # Planar float32 at the stream's rate, channels kept: they are averaged by the caller.
+            to_float = av.AudioResampler(format="fltp", rate=sr)
+            chunks = [
+                out.to_ndarray()
+                for frame in container.decode(stream)
+                for out in to_float.resample(frame)
+            ]
+            chunks += [out.to_ndarray() for out in to_float.resample(None)]
+    except av.FFmpegError as e:
+        reason = f"{e}" + (f"; libsndfile said: {soundfile_error}" if soundfile_error else "")
+        raise AudioLoadError(
+            f"cannot decode audio file {path}: it is damaged, truncated or not audio ({reason}); "
+            f"{CONVERT_HINT}"
+        ) from e
+    if not chunks:
+        return np.zeros((0, 1), np.float32), sr
+    samples = np.concatenate(chunks, axis=1).T  # (frames, channels)
+    start = int(offset * sr) if offset > 0 else 0
+    stop = None if duration is None else start + math.ceil(duration * sr)
+    return samples[start:stop], sr
 
 
 def resample(samples: np.ndarray, orig_sr: float, target_sr: float) -> np.ndarray:

@@ -1,29 +1,31 @@
-"""Manifests, the PyTorch audio dataset, its samplers and the on-device feature loader (spec 5.1).
+"""Manifests, the PyTorch audio dataset, its samplers and the on-device feature loader.
 
 Data flow of the PyTorch path (the DALI path in ``common/dali`` shares :func:`read_manifests`)::
 
-    manifests (JSON, spec 9) --read_manifests--> [Utterance]
+    manifests (JSON, docs/upstream.md#manifests) --read_manifests--> [Utterance]
       --AudioDataset--> (audio (N,), ids (S,))
       --TrainSampler | EvalSampler, collate_fn--> (audio (B,N), audio_lens, txt (B,S), txt_lens)
       --FeatureLoader (features on the device, fp32)--> (feats (B,F,T), feat_lens, txt, txt_lens)
 
 B = batch, N = samples at 16 kHz, S = transcript labels, F = mel bins, T = 10 ms frames.
 
-Where this differs from upstream, and why:
+Where this differs from upstream, and why (Un: defect n in docs/upstream.md#known-upstream-defects):
 - With ``ignore_offline_speed_perturbation`` the speed-1.0 file is chosen by its ``speed`` field;
-  upstream's DALI path took ``files[-1]``, right only by accident of set ordering (spec 14.18).
+  upstream's DALI path took ``files[-1]``, right only by accident of set ordering (U18).
 - Online speed perturbation is the DALI kind (resample by s, read at 16 kHz: the length is
-  multiplied by s) and applies to every utterance unless the config sets ``p`` (spec 5.5, 14.19).
+  multiplied by s) and applies to every utterance unless the config sets ``p`` (U19;
+  docs/upstream.md#speed-perturbation).
 - Every random choice of ``AudioDataset[i]`` comes from ``default_rng((seed, epoch, i))``, so
-  batches do not depend on the number of workers, and runs are reproducible (spec 14.16).
+  batches do not depend on the number of workers, and runs are reproducible (U16).
 - Training shards are shuffled from the first epoch and every rank gets the same number of batches,
-  so DDP never waits on a rank that ran out (spec 14.15, 14.16). Evaluation shards hold every
-  utterance exactly once: no padding by repeated samples, which biased multi-GPU WER (spec 14.24).
+  so DDP never waits on a rank that ran out (U15, U16). Evaluation shards hold every utterance
+  exactly once: no padding by repeated samples, which biased multi-GPU WER (U24).
 - Missing audio files are reported at start-up, all at once, instead of crashing a worker mid-epoch.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -86,11 +88,21 @@ class Utterance:
     """
 
     files: list[AudioFile]
-    transcript: str
+    transcript: (
+        str | None
+    )  # None: the manifest gives none (read_manifests(require_transcripts=False))
     ids: list[int]
     duration: float
     offset: float = 0.0
     index: int = 0
+
+    def speed_one_file(self) -> AudioFile:
+        """The recording made at speed 1.0, chosen by the manifest's ``speed`` field, else the
+        last file (upstream took ``files[-1]`` always: right only by accident of ordering)."""
+        for f in self.files:
+            if _is_speed_one(f.speed):
+                return f
+        return self.files[-1]
 
 
 def _is_speed_one(speed: float) -> bool:
@@ -104,10 +116,11 @@ def _resolve(path: str | Path, data_dir: Path) -> Path:
 
 
 def _parse_entry(
-    entry: object, where: str, data_dir: Path
-) -> tuple[list[tuple[str, float, float]], str, float, float]:
+    entry: object, where: str, data_dir: Path, require_transcript: bool = True
+) -> tuple[list[tuple[str, float, float]], str | None, float, float]:
     """``([(fname, speed, duration)], raw transcript, original duration, offset)`` of one manifest
-    entry (spec 9). Path objects, the costly part of loading, are built later for kept files only."""
+    entry (docs/upstream.md#manifests). Path objects, the costly part of loading, are built later
+    for kept files only."""
     if not isinstance(entry, dict):
         raise ManifestError(f"{where}: expected a JSON object, got {type(entry).__name__}")
     raw_files = entry.get("files")
@@ -141,9 +154,11 @@ def _parse_entry(
             transcript = text_path.read_text(encoding="utf-8")
         except OSError as e:
             raise ManifestError(f"{where}: cannot read text_filepath {text_path}: {e}") from None
+    elif not require_transcript:
+        transcript = None
     else:
         raise ManifestError(f"{where}: missing 'transcript' (or 'text_filepath')")
-    if not isinstance(transcript, str):
+    if transcript is not None and not isinstance(transcript, str):
         raise ManifestError(f"{where}: 'transcript' is a {type(transcript).__name__}, not a string")
 
     if entry.get("original_duration") is not None:
@@ -166,8 +181,9 @@ def read_manifests(
     normalize_transcripts: bool = True,
     ignore_offline_speed_perturbation: bool = False,
     sort_by_duration: bool = False,
+    require_transcripts: bool = True,
 ) -> list[Utterance]:
-    """Read and filter the manifests' entries (spec 5.1, 9), transcripts normalised once here.
+    """Read and filter the manifests' entries (docs/upstream.md#manifests), normalising transcripts.
 
     Relative manifest paths are resolved against ``data_dir`` (as upstream), or, failing that,
     the working directory; ``fname`` and ``text_filepath`` fields against ``data_dir``.
@@ -177,7 +193,9 @@ def read_manifests(
     in use (as upstream). Entries whose transcript has no label left are dropped (counted in the
     log line). ``max_utts > 0`` keeps the first ``max_utts`` survivors. With
     ``ignore_offline_speed_perturbation`` each utterance keeps only its file whose ``speed`` field
-    is 1.0, wherever it stands in ``files``.
+    is 1.0, wherever it stands in ``files``. With ``require_transcripts=False`` an entry without
+    ``transcript`` (or ``text_filepath``) is kept with ``transcript=None`` and no ids (files to
+    transcribe, not to score).
 
     Raises:
         FileNotFoundError: a manifest does not exist.
@@ -209,7 +227,9 @@ def read_manifests(
             )
         for i, entry in enumerate(entries):
             where = f"{path}: entry {i}"
-            files, transcript, original, offset = _parse_entry(entry, where, data_dir)
+            files, transcript, original, offset = _parse_entry(
+                entry, where, data_dir, require_transcripts
+            )
             if max_utts > 0 and len(utts) >= max_utts:
                 continue  # still parsed: a malformed entry is an error wherever it is
             d = max(duration for _, _, duration in files) if use_longest else original
@@ -224,12 +244,15 @@ def read_manifests(
                     raise ManifestError(
                         f"{where}: no file has speed 1.0 (ignore_offline_speed_perturbation is set)"
                     )
-            if normalize_transcripts:
-                transcript = normalize(transcript, labels)
-            ids = text_to_ids(transcript, labels)
-            if not ids:
-                n_empty += 1
-                continue
+            if transcript is not None:
+                if normalize_transcripts:
+                    transcript = normalize(transcript, labels)
+                ids = text_to_ids(transcript, labels)
+                if not ids:
+                    n_empty += 1
+                    continue
+            else:
+                ids = []
             audio = [AudioFile(Path(os.path.join(root, name)), sp, dur) for name, sp, dur in files]
             utts.append(Utterance(audio, transcript, ids, original, offset, n_before + i))
         n_before += len(entries)
@@ -244,6 +267,14 @@ def read_manifests(
         f"; stopped at max_utts={max_utts}" if max_utts > 0 and len(utts) >= max_utts else "",
     )  # fmt: skip
     return utts
+
+
+def manifest_filters(dataset_kw: dict) -> dict:
+    """The keywords of :func:`read_manifests` among an ``audio_dataset`` config section's keys;
+    those the section leaves out keep read_manifests' defaults (the DALI loader reads manifests
+    without :class:`AudioDataset`)."""
+    names = inspect.signature(read_manifests).parameters
+    return {k: v for k, v in dataset_kw.items() if k in names and k != "labels"}
 
 
 def find_missing_files(utts: Sequence[Utterance]) -> list[Path]:

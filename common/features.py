@@ -1,4 +1,4 @@
-"""Log-mel filterbank front end and spectrogram augmentation (spec 5.1, 5.2).
+"""Log-mel filterbank front end and spectrogram augmentation (upstream: common/features.py).
 
 Shapes: B = batch, N = samples, F = mel bins (``n_filt``), T = frames. Audio is 16 kHz float32;
 frames are 20 ms Hann windows every 10 ms (320 / 160 samples) with a 512-point FFT.
@@ -7,11 +7,12 @@ The math follows upstream's PyTorch ``FilterbankFeatures`` so that checkpoints t
 features work unchanged: pre-emphasis 0.97, symmetric Hann window, centred STFT with reflect padding,
 power spectrum, slaney mel matrix, ``ln(x + 1e-20)``, per-feature normalisation with the unbiased std
 + 1e-5 over the valid frames, zeros beyond the valid length, time padded to a multiple of 16.
-Deliberate differences from upstream (spec 14.17): dither is not added at evaluation unless
-``dither_at_eval`` is set, and the caller's audio is never modified in place.
+Deliberate differences from upstream (docs/upstream.md#u17): dither is not added at evaluation
+unless ``dither_at_eval`` is set, and the caller's audio is never modified in place.
 
-NeMo's preprocessor (``../reference/nemo/README.md``) differs in three settings, exposed as options:
-``length_rounding="floor"`` (``N // 160`` frames), ``log_zero_guard=2**-24`` and ``stft_pad_mode="constant"``.
+NeMo's preprocessor (``tests/data/reference/nemo/README.md``) differs in three settings, exposed as
+options: ``length_rounding="floor"`` (``N // 160`` frames), ``log_zero_guard=2**-24`` and
+``stft_pad_mode="constant"``.
 """
 
 from __future__ import annotations
@@ -237,7 +238,8 @@ class FilterbankFeatures(nn.Module):
         self.length_rounding = length_rounding
         self.log_zero_guard = log_zero_guard
         self.stft_pad_mode = stft_pad_mode
-        # The longest utterance's frame count, for fixed-shape batches (spec 5.1: 16.7 s -> 1669).
+        # The longest utterance's frame count, for fixed-shape batches (as upstream's BaseFeatures:
+        # 16.7 s -> 1669 frames).
         self.max_length = (
             1 + math.ceil((max_duration * sample_rate - self.win_length) / self.hop_length)
             if math.isfinite(max_duration)

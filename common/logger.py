@@ -1,7 +1,8 @@
 """Logging facade: one object per process writes metrics to stdout, JSON lines and TensorBoard.
 
-Upstream logs through NVIDIA DLLogger plus TensorBoard (spec 7.8, 8.2 step 1). DLLogger is not on
-PyPI, so this module writes the same JSON stream itself: one line per event,
+Upstream (NVIDIA DeepLearningExamples, PyTorch/SpeechRecognition/Jasper: common/tb_dllogger.py,
+called from train.py and inference.py) logs through NVIDIA DLLogger plus TensorBoard. DLLogger is
+not on PyPI, so this module writes the same JSON stream itself: one line per event,
 
     DLLL {"timestamp": "<unix seconds>", "datetime": "<ISO 8601>", "elapsedtime": "<seconds>",
           "type": "LOG", "step": <step>, "data": {<metric>: <value>}}
@@ -11,8 +12,9 @@ metric's first value comes a ``"type": "METADATA"`` line with ``"metric"`` and
 ``"metadata": {"name", "unit", "format"}``. As in DLLogger 1.0.0, ``timestamp`` and
 ``elapsedtime`` are JSON strings holding a float; :func:`parse_json_log` returns them as floats.
 
-Metric names, stdout labels, units and formats are declared once, in :data:`METRICS`. Only rank 0
-logs: a disabled :class:`Logger` creates no file and prints nothing.
+Metric names, stdout labels, units and formats are declared once, in :data:`METRICS`; the JSON
+names are upstream's, the stdout line shows each value once, with its unit. Only rank 0 logs: a
+disabled :class:`Logger` creates no file and prints nothing.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ class Metric:
         return "| " + " ".join(fields)
 
 
-# Training subsets and the stdout prefix that tells their lines apart (spec 7.8).
+# Training subsets and the stdout prefix that tells their lines apart (upstream's tb_dllogger).
 SUBSET_PREFIXES = {
     "train": "",
     "train_avg": "avg train ",
@@ -60,7 +62,8 @@ SUBSET_PREFIXES = {
     "dev_ema": "  EMA dev ",
 }
 
-# Inference latency stages (keys) and their stdout names; ratio 0.5 holds the mean (spec 8.2).
+# Inference latency stages (keys) and their stdout names; ratio 0.5 holds the mean, the others
+# percentiles (upstream inference.py).
 LATENCY_STAGES = {"dnn": "DNN", "data+dnn": "data+DNN", "data": "data"}
 LATENCY_RATIOS = (0.99, 0.95, 0.9, 0.5)
 
@@ -68,8 +71,8 @@ LATENCY_RATIOS = (0.99, 0.95, 0.9, 0.5)
 def latency_metric(stage: str, ratio: float) -> str:
     """The one key for a latency figure, e.g. ``dnn_latency_0.99``.
 
-    Upstream registers metadata under this name but logs ``dnn_latency_0_99``, so its latency
-    lines lose their formatting (spec 14.25); here metadata and data share this key.
+    Upstream's inference.py registers metadata under this name but logs ``dnn_latency_0_99``, so
+    its latency lines lose their formatting; here metadata and data share this key.
     """
     return f"{stage}_latency_{ratio}"
 
@@ -80,20 +83,22 @@ def _latency_label(stage: str, ratio: float) -> str:
 
 
 METRICS: dict[str, Metric] = {
-    # train.py (spec 7.8). `took` keeps its bare label in every subset, as upstream.
+    # train.py, with upstream's names. Upstream printed the throughput as "utts/s 512 samples/s"
+    # (the unit twice, and samples for utterances); here it is "throughput 512 utts/s".
+    # `took` (seconds) keeps its bare label in every subset, as upstream.
     "train_lrate": Metric("lrate", None, ":>3.2e"),
     **{f"{s}_loss": Metric(f"{p}loss", None, ":>7.2f") for s, p in SUBSET_PREFIXES.items()},
     **{f"{s}_wer": Metric(f"{p}wer", "%", ":>6.2f") for s, p in SUBSET_PREFIXES.items()},
     **{
-        f"{s}_throughput": Metric(f"{p}utts/s", "samples/s", ":>5.0f")
+        f"{s}_throughput": Metric(f"{p}throughput", "utts/s", ":>5.0f")
         for s, p in SUBSET_PREFIXES.items()
     },
     **{f"{s}_took": Metric("took", "s", ":>5.2f") for s in SUBSET_PREFIXES},
     # Micro-batches whose loss was not finite and were skipped, counted over the run (train.py).
-    "train_nonfinite": Metric("skipped", None, ":>3"),
-    # Logged once after training, beside the throughput over the last benchmark epochs.
-    "train_avg_benchmark_epochs_num": Metric("avg train benchmark epochs", None, ":>3"),
-    # inference.py (spec 8.2).
+    "train_nonfinite": Metric("skipped", "batches", ":>3"),
+    # Logged once after training: the throughput above is the mean over this many last epochs.
+    "train_avg_benchmark_epochs_num": Metric("over the last", "epochs", ":>3"),
+    # inference.py, with upstream's names.
     "eval_wer": Metric("WER", "%", ":>3.2f"),
     **{
         latency_metric(stage, ratio): Metric(_latency_label(stage, ratio), "ms", ":>7.2f")

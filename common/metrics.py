@@ -1,4 +1,4 @@
-"""Greedy CTC decoding and error rates (spec 6).
+"""Greedy CTC decoding and error rates (upstream: common/helpers.py, common/metrics.py).
 
 WER is a corpus figure: the word-level edit distances of all utterances summed, divided by the
 total number of reference words. It is not the mean of per-utterance WERs. The functions return the

@@ -1,13 +1,17 @@
-"""Optimizers, the LR schedule and the weight EMA of the recipe (spec 7.3-7.6, 13).
+"""Optimizers, the LR schedule and the weight EMA of the recipe.
 
-- ``Novograd``: upstream's Novograd (spec 7.4), one tensor at a time, as upstream runs it.
+Upstream's are in ``common/optimizers.py`` and ``train.py`` (``apply_ema``); their equations are in
+docs/upstream.md, sections #novograd, #lr-policy and #ema.
+
+- ``Novograd``: upstream's Novograd, one tensor at a time, as upstream runs it.
 - ``FusedNovograd``: the same equations over all tensors of a group at once (``torch._foreach_*``);
-  QuartzNet's ``fused_novograd`` (upstream: apex ``FusedNovoGrad`` with the settings of spec 7.4).
+  QuartzNet's ``fused_novograd`` (upstream: apex ``FusedNovoGrad`` with the settings of
+  docs/upstream.md#novograd).
 - ``AdamW``: upstream's AdamW, whose weight decay is scaled by the bias-corrected step size (it is
   not ``torch.optim.AdamW``, which decays by ``lr * wd`` and adds eps to the corrected second moment).
 - ``Lamb``: apex ``FusedLAMB`` as QuartzNet's ``lamb98`` uses it (betas 0.9/0.98, eps 1e-9).
-- ``lr_policy`` / ``lr_for_step`` / ``set_lr``: the warmup-hold-decay schedule (spec 7.5).
-- ``make_ema_model`` / ``apply_ema``: the weight EMA applied after every optimizer step (spec 7.6).
+- ``lr_policy`` / ``lr_for_step`` / ``set_lr``: the warmup-hold-decay schedule.
+- ``make_ema_model`` / ``apply_ema``: the weight EMA applied after every optimizer step.
 
 Optimizer state uses upstream's names (``step``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``)
 and param-group keys equal to the constructor arguments, so upstream's optimizer state dicts load
@@ -19,6 +23,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -101,7 +106,7 @@ def _init_novograd_state(state: dict[str, Any], p: torch.Tensor, amsgrad: bool) 
 
 
 class Novograd(Optimizer):
-    """Novograd exactly as upstream's ``common/optimizers.py`` (spec 7.4), per parameter tensor::
+    """Novograd exactly as upstream's ``common/optimizers.py Novograd.step``, per parameter tensor::
 
         n      = sum(g * g)                       squared L2 norm of the whole tensor
         v      = n                  if v == 0     first step (v starts at 0), and whenever v is 0
@@ -227,7 +232,7 @@ class FusedNovograd(Novograd):
 
 
 class AdamW(Optimizer):
-    """Upstream's AdamW (spec 7.4), per parameter tensor, at step t::
+    """Upstream's AdamW (``common/optimizers.py AdamW.step``), per parameter tensor, at step t::
 
         m     = b1 * m + (1 - b1) * g
         v     = b2 * v + (1 - b2) * g * g
@@ -393,6 +398,19 @@ class Lamb(Optimizer):
 # ---------------------------------------------------------------------------------------------
 
 
+def parameter_groups(model: nn.Module, decay_norm_and_bias: bool = True) -> list[dict[str, Any]]:
+    """The model's parameters as optimizer groups. ``decay_norm_and_bias=False`` puts the
+    normalisation weights and every bias (the 1-D parameters) in a second group without weight
+    decay, as most recipes since BERT do; upstream decays every tensor (the default)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if decay_norm_and_bias:
+        return [{"params": params}]
+    return [
+        {"params": [p for p in params if p.ndim > 1]},
+        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+    ]
+
+
 def build_optimizer(
     name: str, params: Params, lr: float, weight_decay: float, **kw: Any
 ) -> torch.optim.Optimizer:
@@ -417,22 +435,39 @@ def build_optimizer(
 
 
 # ---------------------------------------------------------------------------------------------
-# Learning-rate schedule (spec 7.5)
+# Learning-rate schedule (upstream common/optimizers.py lr_policy)
 
 
-def lr_policy(
-    step: int,
-    epoch: int,
-    initial_lr: float,
-    *,
-    steps_per_epoch: int,
-    warmup_epochs: float,
-    hold_epochs: float,
-    num_epochs: int,
-    policy: str = "exponential",
-    exp_gamma: float = 0.99,
-    min_lr: float = 1e-5,
-) -> float:
+@dataclass(frozen=True)
+class LRSchedule:
+    """Warmup, hold and decay of the learning rate (upstream's ``lr_policy`` keywords).
+
+    ``steps_per_epoch`` optimizer steps make an epoch; ``warmup_epochs`` and ``hold_epochs`` may be
+    fractional; ``policy`` is one of :data:`LR_POLICIES`, ``order`` one of :data:`LR_ORDERS` (see
+    :func:`lr_for_step`); the LR never goes below ``min_lr``.
+    """
+
+    steps_per_epoch: int
+    warmup_epochs: float
+    hold_epochs: float
+    num_epochs: int
+    policy: str = "exponential"
+    exp_gamma: float = 0.99
+    min_lr: float = 1e-5
+    order: str = "published"
+
+    def __post_init__(self) -> None:
+        if self.policy not in LR_POLICIES:
+            raise ValueError(
+                f"unknown lr policy {self.policy!r}; choose one of {', '.join(LR_POLICIES)}"
+            )
+        if self.order not in LR_ORDERS:
+            raise ValueError(
+                f"unknown lr order {self.order!r}; choose one of {', '.join(LR_ORDERS)}"
+            )
+
+
+def lr_policy(step: int, epoch: int, initial_lr: float, schedule: LRSchedule) -> float:
     """Upstream's ``lr_policy`` value for 1-based optimizer ``step`` in 1-based ``epoch``::
 
         W = warmup_epochs * steps_per_epoch,  H = hold_epochs * steps_per_epoch
@@ -451,69 +486,45 @@ def lr_policy(
     gets which value depends on when the LR is set: see ``lr_for_step``. Beyond ``num_epochs`` the
     legacy factor stays 0 (upstream's formula would grow again; it never got there).
     """
-    if policy not in LR_POLICIES:
-        raise ValueError(f"unknown lr policy {policy!r}; choose one of {', '.join(LR_POLICIES)}")
-    warmup_steps = warmup_epochs * steps_per_epoch
-    hold_steps = hold_epochs * steps_per_epoch
+    s = schedule
+    warmup_steps = s.warmup_epochs * s.steps_per_epoch
+    hold_steps = s.hold_epochs * s.steps_per_epoch
+    total_steps = s.num_epochs * s.steps_per_epoch
     if step < warmup_steps:
         a = (step + 1) / (warmup_steps + 1)
     elif step < warmup_steps + hold_steps:
         a = 1.0
-    elif policy == "exponential":
-        a = exp_gamma ** (epoch - warmup_epochs - hold_epochs)
-    elif policy == "cosine":
-        decay_steps = num_epochs * steps_per_epoch - warmup_steps - hold_steps
+    elif s.policy == "exponential":
+        a = s.exp_gamma ** (epoch - s.warmup_epochs - s.hold_epochs)
+    elif s.policy == "cosine":
+        decay_steps = total_steps - warmup_steps - hold_steps
         done = min(max(step - warmup_steps - hold_steps, 0) / max(decay_steps, 1), 1.0)
         a = 0.5 * (1.0 + math.cos(math.pi * done))
     else:
-        total_steps = num_epochs * steps_per_epoch
         decay_steps = total_steps - warmup_steps - hold_steps
         a = (max(total_steps - step, 0) / decay_steps) ** 2 if decay_steps > 0 else 0.0
-    return max(a * initial_lr, min_lr)
+    return max(a * initial_lr, s.min_lr)
 
 
-def lr_for_step(
-    step: int,
-    initial_lr: float,
-    *,
-    order: str = "published",
-    steps_per_epoch: int,
-    warmup_epochs: float,
-    hold_epochs: float,
-    num_epochs: int,
-    policy: str = "exponential",
-    exp_gamma: float = 0.99,
-    min_lr: float = 1e-5,
-) -> float:
+def lr_for_step(step: int, initial_lr: float, schedule: LRSchedule) -> float:
     """The LR that optimizer step ``step`` (1-based, global) runs at, in one of two orders.
 
     - ``"published"`` (default): the code that trained the published checkpoints (before
       Nov 2021) set the LR at the start of each step, so step s runs at ``lr_policy(s)`` and the
-      warmup starts at ``initial_lr * 2 / (W + 1)`` (spec 7.3).
+      warmup starts at ``initial_lr * 2 / (W + 1)`` (docs/upstream.md#step-order).
     - ``"upstream-current"``: upstream's current ``train.py`` sets the LR after
       ``optimizer.step()``, so step 1 runs at the optimizer's initial (peak) ``initial_lr`` and
-      step k > 1 at ``lr_policy(k - 1)``, evaluated in the epoch of step k - 1 (spec 14.10).
+      step k > 1 at ``lr_policy(k - 1)``, evaluated in the epoch of step k - 1
+      (docs/upstream.md#u10).
 
     The epoch is derived from the step as ``(s - 1) // steps_per_epoch + 1``, i.e. epochs of
     exactly ``steps_per_epoch`` optimizer steps, as the training loop counts them.
     """
-    if order not in LR_ORDERS:
-        raise ValueError(f"unknown lr order {order!r}; choose one of {', '.join(LR_ORDERS)}")
-    policy_step = step if order == "published" else step - 1
+    policy_step = step if schedule.order == "published" else step - 1
     if policy_step < 1:
         return initial_lr
-    return lr_policy(
-        policy_step,
-        (policy_step - 1) // steps_per_epoch + 1,
-        initial_lr,
-        steps_per_epoch=steps_per_epoch,
-        warmup_epochs=warmup_epochs,
-        hold_epochs=hold_epochs,
-        num_epochs=num_epochs,
-        policy=policy,
-        exp_gamma=exp_gamma,
-        min_lr=min_lr,
-    )
+    epoch = (policy_step - 1) // schedule.steps_per_epoch + 1
+    return lr_policy(policy_step, epoch, initial_lr, schedule)
 
 
 def set_lr(optimizer: Optimizer, lr: float) -> None:
@@ -523,7 +534,7 @@ def set_lr(optimizer: Optimizer, lr: float) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Weight EMA (spec 7.6)
+# Weight EMA (upstream train.py apply_ema)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -543,11 +554,12 @@ def make_ema_model(model: nn.Module) -> nn.Module:
 @torch.no_grad()
 def apply_ema(model: nn.Module, ema_model: nn.Module, decay: float) -> None:
     """``ema = decay * ema + (1 - decay) * model`` for every floating-point ``state_dict`` entry
-    of ``ema_model``, after every optimizer step (spec 7.6); ``decay == 0`` does nothing.
+    of ``ema_model``, after every optimizer step, as upstream's ``train.py apply_ema``; ``decay == 0``
+    does nothing.
 
     As upstream, this covers BatchNorm running means and variances too, so the EMA model's BN
-    statistics are an EMA of the running statistics, not recomputed (spec 14.12). Integer buffers
-    (``num_batches_tracked``) are copied from the model: upstream blended them as floats and
+    statistics are an EMA of the running statistics, not recomputed (docs/upstream.md#u12). Integer
+    buffers (``num_batches_tracked``) are copied from the model: upstream blended them as floats and
     truncated the result on copy, which kept the EMA count at 0; the count only matters to
     BatchNorm with ``momentum=None``, which no config uses. The float entries are updated with
     two ``torch._foreach_*`` calls.

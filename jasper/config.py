@@ -1,13 +1,14 @@
 """YAML model/data configs: loading, validation against the constructors they configure, overrides.
 
-A config file has upstream's schema (spec 3): ``name``, ``labels``, ``input_val`` and ``input_train``
-(each with ``audio_dataset`` and ``filterbank_features``), and ``jasper:`` or ``quartznet:`` with
-``encoder`` and ``decoder``. The section name selects the state_dict naming (``conv`` or ``mconv``).
+A config file has upstream's schema (docs/upstream.md#config-schema): ``name``, ``labels``,
+``input_val`` and ``input_train`` (each with ``audio_dataset`` and ``filterbank_features``), and
+``jasper:`` or ``quartznet:`` with ``encoder`` and ``decoder``. The section name selects the
+state_dict naming (``conv`` or ``mconv``).
 
 Every section is checked against the signature of the class it builds, so a typo fails at load
 with the dotted key and the file in the message. YAML anchors become independent copies, and no
 function here modifies the dict it is given: building a model twice from one config gives the same
-model (upstream silently lost its dense residuals the second time: spec 14.11).
+model (upstream silently lost its dense residuals the second time: docs/upstream.md#u11).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import ast
 import inspect
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import yaml
 
 from common.audio import GainPerturbation, ShiftPerturbation, SpeedPerturbation
 from common.features import CutoutAugment, FilterbankFeatures, SpecAugment
-from jasper.model import JasperBlock, JasperDecoderForCTC, JasperEncoder
+from jasper.model import Jasper, JasperBlock, JasperDecoderForCTC, JasperEncoder
 
 MODEL_SECTIONS = ("jasper", "quartznet")
 TOP_LEVEL_KEYS = ("name", "labels", "input_val", "input_train", *MODEL_SECTIONS)
@@ -33,7 +34,7 @@ PERTURBATIONS = {
     "shift_perturbation": ShiftPerturbation,
 }
 FEATURE_AUGMENTATIONS = {"spec_augment": SpecAugment, "cutout_augment": CutoutAugment}
-# Keys the dataset and the features must agree on (spec 3.1).
+# Keys the dataset and the features must agree on (as upstream's jasper/config.py input).
 SHARED_INPUT_KEYS = ("sample_rate", "max_duration", "pad_to_max_duration")
 # Block arguments the encoder sets itself; a YAML block may not set them.
 ENCODER_SET_BLOCK_ARGS = ("infilters", "activation", "residual_panes", "use_conv_masks", "layout")
@@ -103,7 +104,21 @@ def validate(cfg: dict, source: str | None = None) -> None:
         if f"input_{split}" in cfg:
             input(cfg, split, source=source)
     encoder(cfg, source=source)
-    decoder(cfg, len(labels) + 1, source=source)
+    decoder(cfg, num_classes(labels), source=source)
+
+
+def num_classes(labels: Sequence[str]) -> int:
+    """Output classes of a CTC model over ``labels``: one per label, then the blank as the last
+    class (upstream's ``JasperDecoderForCTC`` and NeMo's convention)."""
+    return len(labels) + 1
+
+
+def build_model(
+    cfg: dict, labels: Sequence[str] | None = None, source: str | None = None
+) -> Jasper:
+    """The (CPU, float32) model that ``cfg`` describes, over ``labels`` (default: the config's)."""
+    labels = cfg["labels"] if labels is None else labels
+    return Jasper(encoder(cfg, source), decoder(cfg, num_classes(labels), source))
 
 
 def _parameters(target: Callable) -> dict[str, inspect.Parameter]:

@@ -1,9 +1,9 @@
 """Jasper and QuartzNet: convolutional CTC acoustic models, in one file.
 
 Jasper: Li et al. 2019, "Jasper: An End-to-End Convolutional Neural Acoustic Model",
-https://arxiv.org/abs/1904.03288 (10x5 blocks with dense residuals, spec 4).
+https://arxiv.org/abs/1904.03288 (10x5 blocks with dense residuals; upstream jasper/model.py).
 QuartzNet: Kriman et al. 2019, "QuartzNet: Deep Automatic Speech Recognition with 1D Time-Channel
-Separable Convolutions", https://arxiv.org/abs/1910.10261 (spec 13).
+Separable Convolutions", https://arxiv.org/abs/1910.10261 (upstream QuartzNet's quartznet/model.py).
 
 Shape legend: B = batch, C = channels, T = frames, K = output classes (labels + blank).
 Features come in as (B, C=n_mels, T) with their valid lengths; every convolution zeroes the frames
@@ -11,9 +11,9 @@ past the lengths of its input first ("masked" convolution), so a padded batch gi
 the same outputs it gets alone. The model returns per-frame log-probabilities (B, T_enc, K) and the
 encoder lengths; the CTC blank is the last class.
 
-state_dict keys are upstream's exactly (spec 4.4, 13): ``encoder.layers.{b}.conv.{i}`` (Jasper) or
-``encoder.layers.{b}.mconv.{i}`` (QuartzNet), ``encoder.layers.{b}.res.{pane}.{0|1}``,
-``decoder.layers.0``; so NGC checkpoints load unchanged.
+state_dict keys are upstream's exactly (docs/upstream.md#model-and-checkpoints):
+``encoder.layers.{b}.conv.{i}`` (Jasper) or ``encoder.layers.{b}.mconv.{i}`` (QuartzNet),
+``encoder.layers.{b}.res.{pane}.{0|1}``, ``decoder.layers.0``; so NGC checkpoints load unchanged.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
-"""NVIDIA NeMo ``.nemo`` checkpoints of QuartzNet and Jasper, in both directions (spec 13).
+"""NVIDIA NeMo ``.nemo`` checkpoints of QuartzNet and Jasper, in both directions.
 
 A ``.nemo`` file is a tar archive (uncompressed since NeMo 1.7, tar.gz before; member names with or
 without a leading ``./``) holding ``model_config.yaml`` (NeMo's Hydra config of an
-``EncDecCTCModel``) and ``model_weights.ckpt`` (a ``torch.save``d flat state_dict).
+``EncDecCTCModel``) and ``model_weights.ckpt`` (a ``torch.save``d flat state_dict). Upstream's
+counterpart is QuartzNet's ``nemo_dle_model_converter.py``.
 
 - :func:`load` turns one into this recipe's config (``quartznet:`` section for time-channel
   separable models, ``jasper:`` for dense or plain non-separable ones) and state_dict.
@@ -17,8 +18,8 @@ families and wraps every masked conv's ``nn.Conv1d`` in ``.conv``), ``decoder.la
 model does not have can never be written or read silently.
 
 The front end: NeMo's preprocessor differs from DeepLearningExamples' in three settings (frames =
-samples // hop, ``log(x + 2**-24)``, zero-padded STFT: ``../reference/nemo/README.md``). A config
-read from a ``.nemo`` sets ``length_rounding: floor``, ``log_zero_guard`` and
+samples // hop, ``log(x + 2**-24)``, zero-padded STFT: ``tests/data/reference/nemo/README.md``).
+A config read from a ``.nemo`` sets ``length_rounding: floor``, ``log_zero_guard`` and
 ``stft_pad_mode: constant``, so :class:`common.features.FilterbankFeatures` reproduces NeMo's
 features (upstream's converter ignored these differences). NeMo cannot express the other choices;
 :func:`save` warns when a model trained on them is written.
@@ -322,7 +323,7 @@ def _features_from_nemo(pre: dict, source: str) -> dict:
         "lowfreq": float(p["lowfreq"] or 0),
         "highfreq": None if p["highfreq"] is None else float(p["highfreq"]),
         "log": bool(p["log"]),
-        # NeMo's preprocessor, not DeepLearningExamples': ../reference/nemo/README.md.
+        # NeMo's preprocessor, not DeepLearningExamples': tests/data/reference/nemo/README.md.
         "length_rounding": "floor",
         "log_zero_guard": float(guard),
         "stft_pad_mode": "constant",
@@ -678,7 +679,7 @@ def config_to_nemo(cfg: dict) -> dict:
 
 def _meta_model(cfg: dict) -> Jasper:
     with torch.device("meta"):
-        return Jasper(config.encoder(cfg), config.decoder(cfg, len(cfg["labels"]) + 1))
+        return config.build_model(cfg)
 
 
 def key_map(cfg: dict) -> dict[str, str]:

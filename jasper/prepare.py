@@ -2,7 +2,8 @@
 
 Each option is independent, switchable and measurable on its own (``inference.py`` flags,
 ``bench/cpu_rtf.py``). None changes what the model computes on valid frames beyond floating-point
-rounding (fp32: log-probs within 1e-4; fp16/bf16: the same greedy transcripts on real speech):
+rounding (fp32: log-probs within 1e-4; fp16/bf16: within a few 1e-2, so only near-tied frames
+may decode differently):
 
 - ``fold_batchnorm``: in eval mode BatchNorm is the per-channel affine map
   ``y = (x - mean) / sqrt(var + eps) * gamma + beta``; folded into the convolution before it
@@ -20,10 +21,17 @@ rounding (fp32: log-probs within 1e-4; fp16/bf16: the same greedy transcripts on
 - ``cuda_graphs``: the forward pass recorded once per input shape as a CUDA graph and replayed, so
   kernel-launch overhead disappears (it dominates small batches on fast GPUs).
 - ``fft_convs``: the long stride-1 convolutions computed by overlap-save FFT with precomputed
-  kernel spectra (:class:`FFTConv1d`): 3 to 6 times fewer flops, about 3 times the weights'
-  memory. A CPU lever (GPUs run direct half-precision convolutions faster); float32 inside.
+  kernel spectra (:class:`FFTConv1d`): 3 to 7 times fewer flops; the spectra take 2.6 to 4.5
+  times the memory of the weights they replace. A CPU lever (GPUs run direct half-precision
+  convolutions faster). The FFTs run in float32; the spectral products in complex64, or as bf16
+  GEMMs in bf16 models.
 - ``dtype``: the weights cast to fp16 or bf16 after folding (upstream: ``.half()``); the
-  classifier's log-softmax still runs in fp32.
+  classifier's log-softmax still runs in fp32. On CPUs with native bf16 (AVX-512 BF16, AMX),
+  bf16 with ``fft_convs`` is the fastest CPU path: its GEMMs run 3 to 4 times faster than
+  complex64 ones and stream half the bytes.
+
+:meth:`SpeedOptions.fastest_for` picks the fastest of these for a device; measurements:
+``bench/results/cpu_rtf.md``, explained in ``docs/cpu_inference.md``.
 
 The prepared module is for inference only: its state_dict no longer matches the checkpoint layout.
 """
@@ -37,6 +45,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from common import machine
 from jasper.model import Jasper, JasperBlock, MaskedConv1d
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -57,6 +66,27 @@ class SpeedOptions:
     def upstream(cls, dtype: torch.dtype = torch.float32) -> SpeedOptions:
         """Upstream's forward: eager, masks always on, no fusion (``.half()`` for fp16)."""
         return cls(fold_batchnorm=False, skip_masks=False, dtype=dtype)
+
+    @classmethod
+    def fastest_for(cls, device: torch.device | str, *, half_ok: bool = False) -> SpeedOptions:
+        """The fastest measured options for ``device`` that need no compilation or per-shape
+        capture (bench/results/cpu_rtf.md; docs/cpu_inference.md).
+
+        ``half_ok`` allows half precision: the greedy transcripts of real speech stay the same
+        but the log-probs move by about 1e-2 (bf16: 8 mantissa bits), so frames whose two best
+        classes are that close may decode differently. Without it the outputs equal the
+        checkpoint's up to float32 rounding.
+
+        - CPU: ``fft_convs``; with ``half_ok`` on CPUs with native bf16 (AVX-512 BF16 or AMX),
+          also ``dtype=bfloat16`` (the FFT products then run as bf16 GEMMs). CPUs without native
+          bf16 emulate it, slower than float32: they stay in float32.
+        - CUDA: direct convolutions (cuDNN beats FFT there), fp16 with ``half_ok``.
+        """
+        device = torch.device(device)
+        if device.type == "cuda":
+            return cls(dtype=torch.float16 if half_ok else torch.float32)
+        bf16 = half_ok and machine.native_bf16()
+        return cls(fft_convs=True, dtype=torch.bfloat16 if bf16 else torch.float32)
 
 
 def _fold(conv: nn.Conv1d, bn: nn.BatchNorm1d) -> None:
@@ -101,43 +131,70 @@ def fold_batchnorm(model: nn.Module) -> int:
     return folded
 
 
+def fft_size(span: int) -> int:
+    """The FFT length for a kernel spanning ``span`` frames: the power of two at or above twice it.
+
+    Longer blocks need fewer flops per output (about ``(n/2 + 1) / (n - span + 1)`` complex MACs
+    per weight) but more spectrum memory, and at batch 1 leave fewer blocks, i.e. thinner matrix
+    products that mostly stream the spectra. Swept per Jasper layer (n in steps of 16, 7 s and
+    16.7 s utterances, complex64 and bf16 products; docs/cpu_inference.md) on a 2-core AVX-512
+    CPU: this rule was within the noise of the best size for every layer but the dilated one
+    (span 57: 112 was 5-15% faster than 128), and plain direct convolution never won.
+    """
+    return 2 ** math.ceil(math.log2(2 * span))
+
+
 class FFTConv1d(MaskedConv1d):
     """A stride-1, "same"-padded :class:`MaskedConv1d` computed by overlap-save FFT convolution.
 
-    Direct convolution costs ``2 * C_in * k`` flops per output value; with the kernel's spectrum
-    precomputed on blocks of ``n_fft`` frames it costs about ``8 * C_in * (n_fft/2 + 1) / L``,
-    where ``L = n_fft - span + 1`` outputs per block (``span = d * (k - 1) + 1``): for Jasper's
-    kernels (11..29 taps) 3 to 6 times fewer. The product of spectra is one batched complex
-    matrix product per frequency bin. The results equal direct convolution up to float32 rounding
-    (about 1e-6 relative per layer). The spectra take ``2 * (n_fft/2 + 1) / k`` times the memory of
-    the weights (about 3 times for Jasper); the weights themselves are dropped.
+    Direct convolution costs ``C_in * k`` MACs per output value; with the kernel's spectrum
+    precomputed, on blocks of ``n_fft`` frames it costs about ``4 * C_in * (n_fft/2 + 1) / L``
+    real MACs, where ``L = n_fft - span + 1`` outputs per block (``span = d * (k - 1) + 1``): for
+    Jasper's kernels (11..29 taps) 3 to 7 times fewer. The spectral product is one batched matrix
+    product per frequency bin over the channels; the FFTs run in float32.
 
-    Masking and output lengths are :class:`MaskedConv1d`'s (only the convolution is replaced).
+    ``dtype`` is the precision of that product. float32: complex64 matrices, results equal to
+    direct convolution up to float32 rounding (about 1e-6 relative per layer). bfloat16 (CPUs with
+    native bf16): the complex product written as one real GEMM,
+    ``[Yr, Yi] = [Wr, Wi] @ [[Xr, Xi], [-Xi, Xr]]``, bf16 inputs accumulated in fp32 and rounded
+    once to bf16, so the error is that of a direct bf16 convolution (about 3e-3 relative), and the
+    spectra take as much memory as complex64 ones of half the size.
+
+    Memory: ``2 * (n_fft/2 + 1) / k`` times the direct weights' (same dtype); the weights themselves
+    are dropped. Masking and output lengths are :class:`MaskedConv1d`'s (only the convolution is
+    replaced).
     """
 
-    def __init__(self, conv: MaskedConv1d, n_fft: int | None = None) -> None:
+    def __init__(
+        self, conv: MaskedConv1d, n_fft: int | None = None, dtype: torch.dtype = torch.float32
+    ) -> None:
         k, s, d = conv.kernel_size[0], conv.stride[0], conv.dilation[0]
         if s != 1 or conv.groups != 1 or conv.padding[0] != (k // 2) * d or k % 2 == 0:
             raise ValueError("FFTConv1d needs a stride-1, ungrouped, odd-kernel 'same' convolution")
+        if dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"FFTConv1d products run in float32 or bfloat16, not {dtype}")
         with torch.device("meta"):  # the direct weights are replaced: never allocate them
             super().__init__(
                 conv.in_channels, conv.out_channels, k, 1, conv.padding[0], d, 1,
                 bias=conv.bias is not None, masked=conv.masked,
             )  # fmt: skip
         self.span = d * (k - 1) + 1
-        # Blocks of about twice the span: fewer flops with longer blocks, but more spectrum memory
-        # (and memory traffic) per weight; twice the span was the best balance measured on CPUs.
-        self.n_fft = n_fft or 2 ** math.ceil(math.log2(2 * self.span))
+        self.n_fft = n_fft or fft_size(self.span)
         if self.n_fft <= self.span:
             raise ValueError(f"n_fft={self.n_fft} must exceed the kernel span {self.span}")
-        # Correlation (what nn.Conv1d computes) = convolution with the reversed, dilated kernel.
-        weight = conv.weight.detach().float()
+        # Correlation (what nn.Conv1d computes) = convolution with the reversed, dilated kernel;
+        # the spectra are computed in float64 so that only the final rounding remains.
+        weight = conv.weight.detach().double()
         taps = weight.new_zeros(*weight.shape[:2], self.n_fft)
         taps[..., : self.span : d] = weight.flip(-1)
-        spectrum = torch.fft.rfft(taps).permute(2, 0, 1).contiguous()  # (bins, C_out, C_in)
+        spectrum = torch.fft.rfft(taps).permute(2, 0, 1)  # (bins, C_out, C_in)
+        if dtype == torch.float32:
+            spectrum = spectrum.to(torch.complex64)
+        else:
+            spectrum = torch.cat([spectrum.real, spectrum.imag], dim=2).to(dtype)
         del self.weight
         self.register_parameter("weight", None)
-        self.register_buffer("spectrum", spectrum)
+        self.register_buffer("spectrum", spectrum.contiguous())
         self.bias = None
         if conv.bias is not None:
             self.bias = nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
@@ -152,20 +209,43 @@ class FFTConv1d(MaskedConv1d):
         # outputs are the linear ones (overlap-save).
         x = nn.functional.pad(x.float(), (pad, (n_blocks - 1) * hop + self.n_fft - frames - pad))
         blocks = torch.fft.rfft(x.unfold(-1, self.n_fft, hop), dim=-1)  # (B, C_in, blocks, bins)
-        bins = blocks.size(-1)
-        blocks = blocks.permute(3, 1, 0, 2).reshape(bins, -1, batch * n_blocks)
-        y = torch.bmm(self.spectrum, blocks)  # (bins, C_out, B * blocks)
-        y = y.reshape(bins, -1, batch, n_blocks).permute(2, 1, 3, 0)
+        if self.spectrum.is_complex():
+            y = self._complex_product(blocks)
+        else:
+            y = self._real_product(blocks)
         y = torch.fft.irfft(y, n=self.n_fft, dim=-1)[..., self.span - 1 :]
         y = y.reshape(batch, -1, n_blocks * hop)[..., :frames]
         if bias is not None:
             y = y + bias.float()[None, :, None]
         return y.to(dtype)
 
+    def _complex_product(self, blocks: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, blocks, bins) complex -> (B, C_out, blocks, bins) complex, complex64 GEMMs."""
+        batch, c_in, n_blocks, bins = blocks.shape
+        blocks = blocks.permute(3, 1, 0, 2).reshape(bins, c_in, batch * n_blocks)
+        y = torch.bmm(self.spectrum, blocks)  # (bins, C_out, B * blocks)
+        return y.reshape(bins, -1, batch, n_blocks).permute(2, 1, 3, 0)
 
-def use_fft_convs(model: nn.Module, min_span: int = 9) -> int:
+    def _real_product(self, blocks: torch.Tensor) -> torch.Tensor:
+        """The same product as one real GEMM per bin in the spectrum's dtype (see the class)."""
+        batch, c_in, n_blocks, bins = blocks.shape
+        # Transposes run on complex elements and casts on contiguous memory: both several times
+        # faster than one cast-while-transposing copy of the real and imaginary parts.
+        x = blocks.permute(3, 1, 0, 2).contiguous()  # (bins, C_in, B, blocks)
+        # [[Xr, Xi], [-Xi, Xr]] with the columns ordered (block, re|im): the row block [-Xi, Xr]
+        # is i * X. (bins, 2 * C_in, B * blocks * 2).
+        stacked = x.new_empty(bins, 2, c_in, batch * n_blocks * 2, dtype=self.spectrum.dtype)
+        stacked[:, 0].copy_(torch.view_as_real(x).view(bins, c_in, -1))
+        stacked[:, 1].copy_(torch.view_as_real(x * 1j).view(bins, c_in, -1))
+        y = torch.bmm(self.spectrum, stacked.view(bins, 2 * c_in, -1)).float()  # [Yr, Yi] columns
+        y = torch.view_as_complex(y.view(bins, -1, batch, n_blocks, 2))
+        return y.permute(2, 1, 3, 0).contiguous()  # (B, C_out, blocks, bins)
+
+
+def use_fft_convs(model: nn.Module, min_span: int = 9, dtype: torch.dtype = torch.float32) -> int:
     """Replace every stride-1 "same" :class:`MaskedConv1d` whose kernel spans at least
-    ``min_span`` frames by an :class:`FFTConv1d` (in place); returns how many."""
+    ``min_span`` frames by an :class:`FFTConv1d` with products in ``dtype`` (in place); returns
+    how many."""
     replaced = 0
     for block in model.modules():
         if not isinstance(block, JasperBlock):
@@ -178,7 +258,7 @@ def use_fft_convs(model: nn.Module, min_span: int = 9) -> int:
                 and conv.groups == 1
                 and conv.dilation[0] * (conv.kernel_size[0] - 1) + 1 >= min_span
             ):
-                layers[i] = FFTConv1d(conv)
+                layers[i] = FFTConv1d(conv, dtype=dtype)
                 replaced += 1
     return replaced
 
@@ -297,5 +377,8 @@ def prepare(
     if (
         options.fft_convs
     ):  # after the cast: Module.to(dtype) would drop the spectra's imaginary part
-        use_fft_convs(model)
+        # bf16 models multiply spectra in bf16; fp16 ones in complex64 (CPUs lack fast fp16 GEMMs).
+        use_fft_convs(
+            model, dtype=torch.bfloat16 if options.dtype == torch.bfloat16 else torch.float32
+        )
     return InferenceModel(model, options)

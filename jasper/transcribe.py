@@ -5,10 +5,16 @@ and the quick start.
     t = Transcriber.from_checkpoint("Jasper_best_checkpoint.pt")  # config and labels inside
     print(t.transcribe_file("data/audio/example1.wav").text)
 
-Audio of any sample rate, mono or multi-channel, WAV/FLAC/OGG, is read by
+Audio of any sample rate, mono or multi-channel, WAV/FLAC/OGG/Opus/MP3/M4A (AAC), is read by
 :func:`common.audio.load_audio` (resampled to the model's rate, channels averaged) and turned into
 features by the config's ``input_val`` front end, as in evaluation. ``pad_leading`` zero frames go
 in front of the features (upstream's ``--pad_leading 16``; zero is the feature mean).
+
+Audio that cannot give a feature frame as the model was trained to see it is refused with
+:class:`common.audio.AudioLoadError` naming the file, never transcribed as something else: NaN or
+infinite samples, and recordings shorter than :func:`shortest_audio` (the centred STFT
+reflect-pads ``n_fft // 2`` samples at each end, which needs more samples than that: 257, about
+16 ms at 16 kHz, for the recipe's 512-point FFT; a 10 ms file would crash the STFT).
 
 Long recordings are transcribed in overlapping chunks, so memory does not grow with their length
 beyond the samples themselves. Per-feature normalisation statistics are those of the whole
@@ -30,17 +36,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.audio import AudioLoadError, load_audio
+from common.audio import AUDIO_EXTENSIONS, AudioLoadError, check_finite, load_audio
 from common.checkpoint import CheckpointError, load_checkpoint, load_model_state, model_weights
 from common.features import FilterbankFeatures, normalize_with
-from common.metrics import ctc_greedy_text
 from jasper import config
-from jasper.model import Jasper, MaskedConv1d, greedy_decode
+from jasper.decoding import greedy_texts
+from jasper.model import Jasper, MaskedConv1d
 from jasper.prepare import SpeedOptions, prepare
 
 log = logging.getLogger(__name__)
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 STFT_MARGIN_FRAMES = 3  # frames at a cut that see reflect padding or a cut pre-emphasis
 
 
@@ -99,8 +104,7 @@ def load_model(
             f"{path} was trained with labels {list(stored_labels)} but the config has "
             f"{list(cfg['labels'])}: transcripts would be garbled"
         )
-    n_classes = len(cfg["labels"]) + 1  # + the CTC blank, the last class
-    model = Jasper(config.encoder(cfg), config.decoder(cfg, n_classes))
+    model = config.build_model(cfg)
     try:
         load_model_state(model, model_weights(ckpt, ema, path), path)
     except CheckpointError as e:
@@ -126,8 +130,16 @@ def receptive_field(model: nn.Module) -> tuple[int, int]:
     return (span + 1) // 2, jump
 
 
+def shortest_audio(features: FilterbankFeatures) -> int:
+    """The fewest samples ``features`` turns into frames as it does for any longer recording:
+    ``n_fft // 2 + 1`` with reflect padding (torch.stft pads ``n_fft // 2`` samples by reflection,
+    which needs more samples than that), 1 with constant padding."""
+    return features.n_fft // 2 + 1 if features.stft_pad_mode == "reflect" else 1
+
+
 def audio_files(paths: Iterable[str | Path]) -> list[Path]:
-    """Files as given, and the audio files under directories (recursively, sorted)."""
+    """Files as given, and the audio files under directories (recursively, sorted): the
+    extensions of :data:`common.audio.AUDIO_EXTENSIONS`, in any case."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
@@ -187,6 +199,7 @@ class Transcriber:
             FilterbankFeatures(**{**features_kw, "normalize": "none"}).eval().to(self.device)
         )
         self.hop = self.features.hop_length
+        self.min_samples = shortest_audio(self.features)
         frames_per_second = self.sample_rate / self.hop
         half_width, self.stride = receptive_field(model)
         if context_seconds is None:
@@ -223,12 +236,29 @@ class Transcriber:
         leading/trailing silence when the config's ``input_val`` says so.
 
         Raises:
-            common.audio.AudioLoadError: missing, unreadable, or empty (also after trimming).
+            common.audio.AudioLoadError: missing, unreadable, empty (also after trimming), NaN or
+                infinite samples, or too short (:meth:`check`).
         """
         samples = load_audio(path, target_sr=self.sample_rate, trim_silence=self.trim_silence)
         if samples.size == 0:
             raise AudioLoadError(f"audio file {path} holds only silence")
+        self.check(samples, str(path), "after trimming silence" if self.trim_silence else "")
         return samples
+
+    def check(self, samples: np.ndarray, name: str, note: str = "") -> None:
+        """Refuse audio the model cannot transcribe, naming ``name``: NaN or infinite samples, or
+        fewer than ``min_samples`` (see the module docstring).
+
+        Raises:
+            common.audio.AudioLoadError: with ``name`` and what is wrong.
+        """
+        if samples.size < self.min_samples:
+            raise AudioLoadError(
+                f"{name}: {samples.size / self.sample_rate:.3f} s of audio{' ' + note if note else ''}"
+                f" is too short to transcribe (at least {self.min_samples} samples, "
+                f"{1000 * self.min_samples / self.sample_rate:.1f} ms at {self.sample_rate} Hz)"
+            )
+        check_finite(samples, name)
 
     def _run(self, feats: torch.Tensor) -> torch.Tensor:
         """Log-probs (T_enc, K) of one unpadded feature sequence (F, T)."""
@@ -237,9 +267,15 @@ class Transcriber:
         return log_probs[0, : int(enc_lens[0])].float()
 
     @torch.inference_mode()
-    def log_probs(self, samples: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Per-frame log-probabilities (T_enc, K) of a recording (float32, on the CPU)."""
-        audio = torch.as_tensor(samples, dtype=torch.float32).reshape(-1).to(self.device)
+    def log_probs(self, samples: np.ndarray | torch.Tensor, name: str = "audio") -> torch.Tensor:
+        """Per-frame log-probabilities (T_enc, K) of a recording (float32, on the CPU).
+
+        Raises:
+            common.audio.AudioLoadError: NaN or infinite samples, or too short (:meth:`check`).
+        """
+        audio = torch.as_tensor(samples, dtype=torch.float32).reshape(-1).cpu()
+        self.check(audio.numpy(), name)
+        audio = audio.to(self.device)
         n_frames = int(self.features.feature_lengths(torch.tensor([audio.numel()])))
         if self.pad_leading + n_frames <= self.chunk + 2 * self.context:
             feats, lens = self.features.compute(audio[None], torch.tensor([audio.numel()]))
@@ -302,15 +338,14 @@ class Transcriber:
 
     def decode(self, log_probs: torch.Tensor) -> str:
         """Greedy CTC transcript of log-probs (T_enc, K)."""
-        ids = greedy_decode(log_probs[None])[0]
-        return ctc_greedy_text(ids.tolist(), self.labels)
+        return greedy_texts(log_probs[None], None, self.labels)[0]
 
     def transcribe(self, samples: np.ndarray | torch.Tensor) -> str:
         """Transcript of a recording given as samples at the model's rate."""
         return self.decode(self.log_probs(samples))
 
     def transcribe_file(self, path: str | Path, name: str | None = None) -> Transcript:
-        log_probs = self.log_probs(self.load(path))
+        log_probs = self.log_probs(self.load(path), str(path))
         return Transcript(name or str(path), self.decode(log_probs), log_probs)
 
     def transcribe_files(self, paths: Iterable[str | Path]) -> Iterator[Transcript]:
@@ -326,4 +361,5 @@ __all__ = [
     "audio_files",
     "load_model",
     "receptive_field",
+    "shortest_audio",
 ]

@@ -8,13 +8,14 @@
 #   DATA_DIR  archives and split folders         (default: /datasets/LibriSpeech)
 #   CSV       url,md5 list of the archives        (default: utils/librispeech.csv, all seven splits;
 #             utils/inference_librispeech.csv has the dev and test splits only)
-#   PYTHON    interpreter                         (default: python3)
+#   PYTHON    interpreter     (default: .venv/bin/python if it exists, else python3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/python.sh
 
 : "${DATA_DIR:=/datasets/LibriSpeech}"
 : "${CSV:=utils/librispeech.csv}"
-: "${PYTHON:=python3}"
+: "${PYTHON:=python3}"  # unless .venv/bin/python exists: scripts/lib/python.sh
 
 args=("$PYTHON" utils/download_librispeech.py "$CSV" "$DATA_DIR" "$@")
 printf '%q ' "${args[@]}"; echo

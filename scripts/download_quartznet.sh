@@ -11,12 +11,13 @@
 #   CSV             language,url,archive,member,size,sha256 list (default: utils/quartznet_checkpoints.csv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/python.sh
 
 : "${LANGUAGE:=${1:-en}}"
 if [[ $# -gt 0 ]]; then shift; fi
 : "${CHECKPOINT_DIR:=pretrained_models/quartznet_${LANGUAGE}}"
 : "${CSV:=utils/quartznet_checkpoints.csv}"
-: "${PYTHON:=python3}"
+: "${PYTHON:=python3}"  # unless .venv/bin/python exists: scripts/lib/python.sh
 
 args=("$PYTHON" utils/download_quartznet.py "$LANGUAGE" "$CHECKPOINT_DIR" --csv "$CSV" "$@")
 printf '%q ' "${args[@]}"; echo

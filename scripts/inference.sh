@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Greedy CTC inference on a LibriSpeech split with the recipe's defaults (upstream
-# scripts/inference.sh, spec 8.5). Every variable below can be set in the environment; positional
+# scripts/inference.sh). Every variable below can be set in the environment; positional
 # arguments fill DATA_DIR, MODEL_CONFIG, OUTPUT_DIR, CHECKPOINT. Extra arguments after those four go
 # to inference.py unchanged (e.g. --transcribe_wav FILE).
 #
 # The manifest is VAL_MANIFESTS when set, else $DATA_DIR/librispeech-${DATASET}-wav.json;
-# VAL_MANIFESTS= (set but empty) means none, e.g. with --transcribe_wav.
+# VAL_MANIFESTS= (set but empty) means none; with --transcribe_wav/--transcribe_filelist and neither
+# VAL_MANIFESTS nor DATASET set, no manifest is read and the outputs go to ./results (transcripts.tsv).
 # Predictions go to PREDICTION_FILE (default ${OUTPUT_DIR}/${DATASET}.predictions); set it empty
 # (PREDICTION_FILE=) to write none. LOGITS_FILE saves the per-utterance log-probs.
 # MODEL_CONFIG= (empty) uses the config stored in the checkpoint (this recipe's checkpoints).
@@ -13,10 +14,23 @@
 # loader (a line says so); values you set explicitly always win.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/python.sh
 source scripts/lib/launcher.sh
 
 positional DATA_DIR MODEL_CONFIG OUTPUT_DIR CHECKPOINT -- "$@"
 set -- "${launcher_rest[@]}"
+
+# Your own audio (--transcribe_wav / --transcribe_filelist): no LibriSpeech manifest unless
+# VAL_MANIFESTS or DATASET is set, and the outputs in ./results unless OUTPUT_DIR is set.
+own_audio=false
+for arg in "$@"; do
+  [[ "$arg" == --transcribe_wav* || "$arg" == --transcribe_filelist* ]] && own_audio=true
+done
+if [[ "$own_audio" == true ]]; then
+  [[ -z "${VAL_MANIFESTS+set}" && -z "${DATASET:-}" ]] && VAL_MANIFESTS=
+  [[ -z "${OUTPUT_DIR:-}" ]] && OUTPUT_DIR=results
+  [[ -z "${PREDICTION_FILE+set}" ]] && PREDICTION_FILE="$OUTPUT_DIR/transcripts.tsv"
+fi
 
 : "${DATA_DIR:=/datasets/LibriSpeech}"
 : "${MODEL_CONFIG=configs/jasper10x5dr_speedp-online_speca.yaml}"
@@ -43,11 +57,18 @@ set -- "${launcher_rest[@]}"
 : "${PREDICTION_FILE=${OUTPUT_DIR}/${DATASET}.predictions}"  # set but empty: no predictions
 : "${FOLD_BATCHNORM:=true}"
 : "${SKIP_MASKS:=true}"
-: "${FFT_CONVS:=false}"
+: "${FFT_CONVS:=auto}"
 : "${COMPILE:=false}"
 : "${CUDA_GRAPHS:=false}"
 : "${NUM_WORKERS:=4}"
-: "${PYTHON:=python3}"
+: "${DECODER:=greedy}"
+: "${BEAM_WIDTH:=32}"
+: "${LM:=}"
+: "${LM_ALPHA:=0.5}"
+: "${LM_BETA:=1.0}"
+: "${OUTPUT_FORMAT:=txt}"
+: "${VAD:=false}"
+: "${PYTHON:=python3}"  # unless .venv/bin/python exists: scripts/lib/python.sh
 
 cpu_fallback
 if [[ "$CPU" == true && "$DALI_DEVICE" == gpu ]]; then
@@ -79,6 +100,11 @@ add_inference_model_args
 [[ -n "$LOG_FILE" ]] && args+=(--log_file="$LOG_FILE")
 [[ -n "$PREDICTION_FILE" ]] && args+=(--save_predictions="$PREDICTION_FILE")
 [[ -n "$LOGITS_FILE" ]] && args+=(--save_logits="$LOGITS_FILE")
+read -r -a output_formats <<< "$OUTPUT_FORMAT"
+args+=(--decoder="$DECODER" --beam_width="$BEAM_WIDTH" --lm_alpha="$LM_ALPHA" --lm_beta="$LM_BETA"
+       --output_format "${output_formats[@]}")
+[[ -n "$LM" ]] && args+=(--lm="$LM")
+[[ "$VAD" == true ]] && args+=(--vad)
 if [[ -n "$MAX_DURATION" ]]; then
   args+=(--override_config "input_val.audio_dataset.max_duration=$MAX_DURATION"
          --override_config "input_val.filterbank_features.max_duration=$MAX_DURATION")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Inference latency sweep (upstream scripts/inference_benchmark.sh, spec 8.3, 8.5): for every audio
+# Inference latency sweep (upstream scripts/inference_benchmark.sh): for every audio
 # duration in MAX_DURATION_SEQ and batch size in BATCH_SIZE_SEQ, NUM_WARMUP_STEPS untimed batches,
 # then NUM_STEPS timed ones; the data, DNN and data+DNN latencies (90/95/99th percentile and mean,
 # ms per batch) of every run form one table, written to ${OUTPUT_DIR}/inference_benchmark.{md,json}
@@ -12,6 +12,7 @@
 # COMPILE, CUDA_GRAPHS (see inference.py --help); AMP=true with PRECISION=fp16|bf16.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/python.sh
 source scripts/lib/launcher.sh
 
 : "${DATA_DIR:=}"
@@ -32,13 +33,13 @@ source scripts/lib/launcher.sh
 : "${EMA:=true}"
 : "${FOLD_BATCHNORM:=true}"
 : "${SKIP_MASKS:=true}"
-: "${FFT_CONVS:=false}"
+: "${FFT_CONVS:=auto}"
 : "${COMPILE:=false}"
 : "${CUDA_GRAPHS:=false}"
 : "${NUM_WORKERS:=4}"
 : "${BATCH_SIZE_SEQ:=1 2 4 8 16}"
 : "${MAX_DURATION_SEQ:=2 7 16.7}"
-: "${PYTHON:=python3}"
+: "${PYTHON:=python3}"  # unless .venv/bin/python exists: scripts/lib/python.sh
 
 NUM_GPUS=1  # one process: latencies are per device
 cpu_fallback

@@ -8,17 +8,18 @@
 #   SPLITS    splits to convert; absent ones are skipped with a notice
 #             (default: the seven LibriSpeech splits)
 #   SPEEDS    speed factors for train* splits, e.g. "0.9 1.1"; $1 wins over the variable
-#             (upstream's script ignored the variable: spec 14.29)  (default: none)
+#             (upstream's script overwrote the variable with $1)  (default: none)
 #   NUM_JOBS  worker processes                    (default: nproc)
-#   PYTHON    interpreter                         (default: python3)
+#   PYTHON    interpreter     (default: .venv/bin/python if it exists, else python3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/python.sh
 
 : "${DATA_DIR:=/datasets/LibriSpeech}"
 : "${SPLITS:=train-clean-100 train-clean-360 train-other-500 dev-clean dev-other test-clean test-other}"
 : "${SPEEDS:=}"
 : "${NUM_JOBS:=$(nproc)}"
-: "${PYTHON:=python3}"
+: "${PYTHON:=python3}"  # unless .venv/bin/python exists: scripts/lib/python.sh
 
 if [[ $# -gt 0 ]]; then
   SPEEDS="$1"

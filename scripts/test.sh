@@ -11,8 +11,10 @@ cd "$(dirname "$0")/.."
 : "${WITH_DALI:=true}"
 : "${PYTHON:=python3}"
 
-export VENV WITH_DALI PYTHON
-bash scripts/setup_env.sh
+export VENV WITH_DALI
+# PYTHON only creates the virtualenv here: not exported, so that the launchers the tests run pick
+# the virtualenv's interpreter (scripts/lib/python.sh) unless you set PYTHON yourself.
+PYTHON="$PYTHON" bash scripts/setup_env.sh
 
 args=(-m pytest "$@")
 printf '%q ' "$VENV/bin/python" "${args[@]}"; echo

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Train with the recipe's defaults (upstream scripts/train.sh, spec 8.5). Every variable below can be
+# Train with the recipe's defaults (upstream scripts/train.sh). Every variable below can be
 # set in the environment; positional arguments fill DATA_DIR, MODEL_CONFIG, OUTPUT_DIR, CHECKPOINT.
 # Extra arguments after those four are passed to train.py unchanged.
 # Without a CUDA device the defaults NUM_GPUS=8 and DALI_DEVICE=gpu fall back to one CPU process and
 # the PyTorch loader (a line says so); values you set explicitly always win.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/python.sh
 source scripts/lib/launcher.sh
 
 positional DATA_DIR MODEL_CONFIG OUTPUT_DIR CHECKPOINT -- "$@"
@@ -21,9 +22,14 @@ fi
 : "${MODEL_CONFIG:=configs/jasper10x5dr_speedp-online_speca.yaml}"
 : "${OUTPUT_DIR:=/results}"
 : "${CHECKPOINT:=}"
+: "${INIT_CHECKPOINT:=}"
 : "${RESUME:=true}"
 : "${CUDNN_BENCHMARK:=true}"
 : "${NUM_GPUS:=8}"
+: "${NNODES:=1}"
+: "${NODE_RANK:=0}"
+: "${MASTER_ADDR:=127.0.0.1}"
+: "${MASTER_PORT:=29500}"
 : "${AMP:=false}"
 : "${PRECISION:=fp16}"
 : "${BATCH_SIZE:=64}"
@@ -35,6 +41,7 @@ fi
 : "${LR_EXP_GAMMA:=0.981}"
 : "${LR_ORDER:=published}"
 : "${WEIGHT_DECAY:=0.001}"
+: "${WEIGHT_DECAY_NORM_AND_BIAS:=true}"
 : "${EMA:=0.999}"
 : "${SEED:=0}"
 : "${EPOCHS:=440}"
@@ -55,7 +62,7 @@ fi
 : "${MAX_DURATION:=}"
 : "${LOG_FILE:=}"
 : "${PRE_ALLOCATE:=}"
-: "${PYTHON:=python3}"
+: "${PYTHON:=python3}"  # unless .venv/bin/python exists: scripts/lib/python.sh
 
 cpu_fallback
 mkdir -p "$OUTPUT_DIR"
@@ -95,9 +102,11 @@ args=(
   --num_workers="$NUM_WORKERS"
 )
 [[ "$AMP" == true ]] && args+=(--amp --precision="$PRECISION")
-[[ "$RESUME" == true ]] && args+=(--resume)
+[[ "$RESUME" == true ]] && args+=(--resume) || args+=(--no-resume)
+[[ "$WEIGHT_DECAY_NORM_AND_BIAS" == true ]] || args+=(--no-weight_decay_norm_and_bias)
 [[ "$CUDNN_BENCHMARK" == true ]] && args+=(--cudnn_benchmark) || args+=(--no-cudnn_benchmark)
 [[ -n "$CHECKPOINT" ]] && args+=(--ckpt="$CHECKPOINT")
+[[ -n "$INIT_CHECKPOINT" ]] && args+=(--init_from="$INIT_CHECKPOINT")
 [[ -n "$LOG_FILE" ]] && args+=(--log_file="$LOG_FILE")
 [[ -n "$PRE_ALLOCATE" ]] && { read -r -a pre <<< "$PRE_ALLOCATE"; args+=(--pre_allocate_range "${pre[@]}"); }
 if [[ -n "$MAX_DURATION" ]]; then

@@ -4,6 +4,7 @@
 # a table of sequences/s and mean step time ($OUTPUT_DIR/train_benchmark.{md,json}).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/python.sh
 
 : "${DATA_DIR:=/datasets/LibriSpeech}"
 : "${OUTPUT_DIR:=/results}"
@@ -22,7 +23,7 @@ cd "$(dirname "$0")/.."
 : "${NUM_GPUS_SEQ:=1 4 8}"
 : "${BATCH_SIZE_SEQ:=32}"
 : "${PRE_ALLOCATE:=1408 1920}"
-: "${PYTHON:=python3}"
+: "${PYTHON:=python3}"  # unless .venv/bin/python exists: scripts/lib/python.sh
 export DATA_DIR MODEL_CONFIG TRAIN_MANIFESTS EPOCHS_THIS_JOB EPOCHS RESUME SAVE_FREQUENCY \
   EVAL_FREQUENCY GRAD_ACCUMULATION_STEPS AMP PRECISION EMA PRE_ALLOCATE PYTHON
 export VAL_MANIFESTS="" KEEP_MILESTONES="" PREDICTION_FREQUENCY=100000 LOG_FREQUENCY=1

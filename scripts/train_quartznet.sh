@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# QuartzNet 15x5 with upstream QuartzNet's launcher defaults (spec 13): micro-batch 72 x 2
+# QuartzNet 15x5 with upstream QuartzNet's launcher defaults (DeepLearningExamples,
+# PyTorch/SpeechRecognition/QuartzNet/scripts/train.sh): micro-batch 72 x 2
 # accumulation per GPU, fused Novograd, LR 0.01, gamma 0.981, 260 epochs (warmup 2, hold 140),
 # evaluation every 241 steps, milestones 100 and 200, best checkpoint from epoch 200.
 # Everything else, and every variable here, works as in scripts/train.sh (which this runs).

@@ -40,7 +40,7 @@ def test_every_config_loads_and_builds_its_inputs(path):
 
 
 def test_default_config_effective_values_match_upstream():
-    """Spec 3.3: the default-filled values upstream's config.input produces."""
+    """The default-filled values that upstream's config.input (jasper/config.py) gives."""
     cfg = config.load(CONFIGS / "jasper10x5dr_speedp-online_speca.yaml")
     val_ds, val_feat = config.input(cfg, "val")
     train_ds, train_feat = config.input(cfg, "train")

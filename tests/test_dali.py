@@ -6,14 +6,12 @@ the GPU ones carry ``gpu`` as well. The first test needs no DALI.
 
 from __future__ import annotations
 
-import json
 import math
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 from common.audio import SpeedPerturbation, load_audio, trim_silence_db
@@ -21,7 +19,7 @@ from common.dali import DALI_INSTALL, dali_available
 from common.dataset import AudioDataset, collate_fn
 from common.features import FilterbankFeatures
 from common.text import DEFAULT_LABELS, ids_to_text
-from tests.conftest import AUDIO, REPO
+from tests.conftest import AUDIO, REPO, recording_entry, write_manifest
 
 requires_dali = [
     pytest.mark.dali,
@@ -48,19 +46,11 @@ SPEC_AUGMENT = {"freq_masks": 2, "max_freq": 20, "time_masks": 2, "max_time": 75
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory) -> str:
     """A manifest of the recordings, fnames relative to ``AUDIO`` (the data_dir)."""
-    entries = []
-    for word, name in zip(WORDS, RECORDINGS):
-        info = sf.info(str(AUDIO / name))
-        entries.append(
-            {
-                "transcript": f"Recording {word.upper()}!",  # normalised once, at load
-                "files": [{"fname": name, "speed": 1.0, "duration": info.duration}],
-                "original_duration": info.duration,
-            }
-        )
-    path = tmp_path_factory.mktemp("dali") / "manifest.json"
-    path.write_text(json.dumps(entries))
-    return str(path)
+    entries = [  # the transcripts are normalised once, at load
+        recording_entry(AUDIO / name, AUDIO, f"Recording {word.upper()}!")
+        for word, name in zip(WORDS, RECORDINGS)
+    ]
+    return str(write_manifest(tmp_path_factory.mktemp("dali") / "manifest.json", entries))
 
 
 def loader(manifest, *, train=False, dataset_kw=None, features_kw=None, batch_size=4, **kw):

@@ -1,4 +1,6 @@
-"""Manifests, AudioDataset, samplers and FeatureLoader (common.dataset; spec 5.1, 5.5, 9, 14)."""
+"""Manifests, AudioDataset, samplers and FeatureLoader (common.dataset): the manifests upstream's
+utils/convert_librispeech.py writes, read with the semantics of upstream's AudioDataset
+(common/dataset.py)."""
 
 import inspect
 import json
@@ -24,8 +26,9 @@ from common.dataset import (
 )
 from common.features import FilterbankFeatures
 from common.text import DEFAULT_LABELS, ids_to_text, normalize, text_to_ids
+from tests.conftest import SAMPLE_RATE as SR
+from tests.conftest import file_entry, manifest_entry, write_manifest
 
-SR = 16000
 LABELS = DEFAULT_LABELS
 
 
@@ -37,23 +40,6 @@ def write_wav(path: Path, n_samples: int, seed: int = 0, silence: int = 0) -> No
     x = np.concatenate([np.zeros(silence), x, np.zeros(silence)])
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(path, x.astype(np.float32), SR, subtype="PCM_16")
-
-
-def file_entry(fname: str, n_samples: int, speed: float = 1) -> dict:
-    return {"fname": fname, "speed": speed, "duration": n_samples / SR, "num_samples": n_samples,
-            "sample_rate": float(SR), "channels": 1, "bitdepth": 16, "bitrate": 256000.0,
-            "encoding": "Signed Integer PCM", "silent": False}  # fmt: skip
-
-
-def entry(transcript: str, files: list[dict]) -> dict:
-    one = next(f for f in files if f["speed"] == 1)
-    return {"transcript": transcript, "files": files, "original_duration": one["duration"],
-            "original_num_samples": one["num_samples"]}  # fmt: skip
-
-
-def write_manifest(path: Path, entries: list) -> Path:
-    path.write_text(json.dumps(entries, indent=2))
-    return path
 
 
 # Single-file utterances: (seconds, transcript).
@@ -71,14 +57,14 @@ def corpus(tmp_path: Path) -> Path:
     for k, (seconds, text) in enumerate(PLAIN):
         n = int(seconds * SR)
         write_wav(tmp_path / f"wav/p{k}.wav", n, seed=k)
-        plain.append(entry(text, [file_entry(f"wav/p{k}.wav", n)]))
+        plain.append(manifest_entry(text, [file_entry(f"wav/p{k}.wav", n)]))
     write_manifest(tmp_path / "plain.json", plain)
     files = []
     for speed, n in VARIANTS.items():
         name = "wav/s.wav" if speed == 1 else f"wav/s-{speed}.wav"
         write_wav(tmp_path / name, n, seed=99)
         files.append(file_entry(name, n, speed))
-    write_manifest(tmp_path / "offline.json", [entry("offline speeds", files)])
+    write_manifest(tmp_path / "offline.json", [manifest_entry("offline speeds", files)])
     return tmp_path
 
 
@@ -102,7 +88,8 @@ def test_duration_filter_max_utts_and_several_manifests(corpus):
     assert [u.duration for u in utts] == [1.0, 2.0, 3.0]
     utts = read_manifests(["plain.json", "offline.json"], corpus, LABELS, max_utts=2)
     assert [u.duration for u in utts] == [0.5, 1.0]
-    # pad_to_max_duration with offline variants filters on the longest variant (spec 5.1).
+    # pad_to_max_duration with offline variants filters on the longest variant, as upstream's
+    # AudioDataset does unless ignore_offline_speed_perturbation.
     longest = max(VARIANTS.values()) / SR
     kw = {"max_duration": (BASE / SR + longest) / 2, "pad_to_max_duration": True}
     assert read_manifests(["offline.json"], corpus, LABELS, **kw) == []
@@ -134,7 +121,10 @@ def test_transcripts_normalised_once_at_load(corpus):
 
 def test_empty_transcripts_dropped(corpus):
     write_wav(corpus / "e.wav", SR)
-    entries = [entry("?!", [file_entry("e.wav", SR)]), entry("ok", [file_entry("e.wav", SR)])]
+    entries = [
+        manifest_entry("?!", [file_entry("e.wav", SR)]),
+        manifest_entry("ok", [file_entry("e.wav", SR)]),
+    ]
     write_manifest(corpus / "empty.json", entries)
     utts = read_manifests(["empty.json"], corpus, LABELS)
     assert [u.transcript for u in utts] == ["ok"]
@@ -149,7 +139,7 @@ def test_sort_by_duration(corpus):
 def test_ignore_offline_speed_keeps_speed_one_by_field(corpus, order):
     files = json.loads((corpus / "offline.json").read_text())[0]["files"]
     by_speed = {f["speed"]: f for f in files}
-    write_manifest(corpus / "o.json", [entry("x", [by_speed[s] for s in order])])
+    write_manifest(corpus / "o.json", [manifest_entry("x", [by_speed[s] for s in order])])
     utts = read_manifests(["o.json"], corpus, LABELS, ignore_offline_speed_perturbation=True)
     assert [(f.path, f.speed) for f in utts[0].files] == [(corpus / "wav/s.wav", 1.0)]
     ds = AudioDataset(corpus, ["o.json"], LABELS, ignore_offline_speed_perturbation=True)
@@ -191,7 +181,7 @@ def test_speed_perturbation_scales_length_by_drawn_factor(corpus, discrete):
 
 def test_trim_silence(corpus):
     write_wav(corpus / "quiet.wav", SR, silence=SR // 2)
-    write_manifest(corpus / "q.json", [entry("quiet", [file_entry("quiet.wav", 2 * SR)])])
+    write_manifest(corpus / "q.json", [manifest_entry("quiet", [file_entry("quiet.wav", 2 * SR)])])
     full = AudioDataset(corpus, ["q.json"], LABELS)[0][0].numel()
     trimmed = AudioDataset(corpus, ["q.json"], LABELS, trim_silence=True)[0][0].numel()
     assert full == 2 * SR and SR <= trimmed < SR + 2 * 2048  # trim works in 2048-sample frames
@@ -312,7 +302,7 @@ def test_bucketing_groups_similar_durations():
 
 
 def test_missing_files_reported_at_start(corpus):
-    entries = [entry(f"u {k}", [file_entry(f"gone/{k}.wav", SR)]) for k in range(13)]
+    entries = [manifest_entry(f"u {k}", [file_entry(f"gone/{k}.wav", SR)]) for k in range(13)]
     write_manifest(corpus / "missing.json", entries)
     utts = read_manifests(["missing.json", "plain.json"], corpus, LABELS)
     assert find_missing_files(utts) == [corpus / f"gone/{k}.wav" for k in range(13)]

@@ -18,6 +18,7 @@ from typing import ClassVar
 
 import pytest
 
+from tests.conftest import REPO
 from utils import download_librispeech
 from utils.download_utils import (
     ChecksumError,
@@ -27,8 +28,6 @@ from utils.download_utils import (
     part_path,
     verify_checksum,
 )
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def add_file(tar: tarfile.TarFile, name: str, data: bytes) -> None:

@@ -74,7 +74,9 @@ def test_lengths_padding_and_zeroing():
     assert feats.shape == (3, 64, 112)  # 1 + 16000 // 160 = 101 frames, padded to 16
     assert torch.all(feats[1, :, 51:] == 0) and torch.all(feats[2, :, 1:] == 0)
     fixed = FilterbankFeatures(dither=0.0, pad_to_max_duration=True, max_duration=16.7).eval()
-    assert fixed(audio, torch.tensor([16000] * 3))[0].shape[-1] == 1680  # spec 5.1
+    # 1 + ceil((16.7 s * 16 kHz - 320) / 160) = 1669 frames, padded to 1680 (upstream
+    # BaseFeatures.apply_padding, common/features.py)
+    assert fixed(audio, torch.tensor([16000] * 3))[0].shape[-1] == 1680
 
 
 def test_nemo_length_rule():

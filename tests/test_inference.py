@@ -19,20 +19,29 @@ import pytest
 import soundfile as sf
 import soxr
 import torch
-from conftest import AUDIO, REFERENCE, REPO, TINY_CONFIG
 from torch import nn
 
 import inference
 from common.audio import load_audio
 from common.checkpoint import CheckpointError
 from common.features import FilterbankFeatures
+from common.latency import Latencies
 from common.logger import LATENCY_RATIOS, LATENCY_STAGES, latency_metric
-from common.metrics import ctc_greedy_text, word_error_rate
+from common.metrics import char_error_rate, ctc_greedy_text, word_error_rate
 from common.text import normalize
 from jasper import config
-from jasper.model import Jasper, MaskedConv1d, greedy_decode
+from jasper.model import MaskedConv1d, greedy_decode
 from jasper.prepare import FFTConv1d, SpeedOptions, fold_batchnorm, masked_convs, prepare
 from jasper.transcribe import Transcriber, load_model
+from tests.conftest import (
+    AUDIO,
+    REFERENCE,
+    REPO,
+    TINY_CONFIG,
+    recording_entry,
+    run_launcher,
+    write_manifest,
+)
 
 SMALL = REFERENCE / "small_model"
 SMALL_CKPT, SMALL_CONFIG = SMALL / "checkpoint.pt", SMALL / "config.yaml"
@@ -40,39 +49,18 @@ LABELLED = sorted((AUDIO / "librivox").glob("*.wav")) + [AUDIO / "goforward.wav"
 UNLABELLED = sorted(AUDIO.glob("example*.wav")) + [AUDIO / "keynote.wav"]
 
 
-def entry(path: Path, transcript: str | None) -> dict:
-    info = sf.info(str(path))
-    out = {
-        "files": [
-            {
-                "fname": str(path.relative_to(AUDIO)),
-                "speed": 1.0,
-                "duration": info.duration,
-                "num_samples": info.frames,
-                "sample_rate": float(info.samplerate),
-                "channels": 1,
-                "bitdepth": 16,
-                "bitrate": 256,
-                "encoding": "Signed Integer PCM",
-                "silent": False,
-            }
-        ],
-        "original_duration": info.duration,
-        "original_num_samples": info.frames,
-    }
-    if transcript is not None:
-        out["transcript"] = transcript
-    return out
-
-
 @pytest.fixture(scope="module")
 def manifests(tmp_path_factory) -> tuple[Path, Path]:
     """A manifest of the recordings with known transcripts, and one of those without."""
     root = tmp_path_factory.mktemp("manifests")
-    labelled = [entry(p, p.with_suffix(".txt").read_text().strip()) for p in LABELLED]
-    (root / "labelled.json").write_text(json.dumps(labelled))
-    (root / "unlabelled.json").write_text(json.dumps([entry(p, None) for p in UNLABELLED]))
-    return root / "labelled.json", root / "unlabelled.json"
+    labelled = [
+        recording_entry(p, AUDIO, p.with_suffix(".txt").read_text().strip()) for p in LABELLED
+    ]
+    unlabelled = [recording_entry(p, AUDIO, None) for p in UNLABELLED]
+    return (
+        write_manifest(root / "labelled.json", labelled),
+        write_manifest(root / "unlabelled.json", unlabelled),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +102,7 @@ def small_args(tmp_path: Path, *extra: str) -> list[str]:
         str(tmp_path / "out"),
         "--num_workers",
         "0",
+        "--no-ema",  # the raw weights, as `small` and `direct` use
         *extra,
     ]
 
@@ -253,20 +242,11 @@ LAUNCHER_VARS = (
 )
 
 
-def run_launcher(script: str, env: dict[str, str], timeout: int = 300) -> str:
+def run_on_cpu(script: str, env: dict[str, str], timeout: int = 300) -> str:
     """Run a launcher on the CPU (CPU=true: the same numbers on machines with a GPU)."""
-    full = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
-    full.update(PYTHON=sys.executable, PYTHONPATH=str(REPO), CPU="true", **env)
-    proc = subprocess.run(
-        ["bash", str(REPO / "scripts" / script)],
-        env=full,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout + proc.stderr
+    env = {"PYTHONPATH": str(REPO), "CPU": "true", **env}
+    run = run_launcher(script, env=env, unset=LAUNCHER_VARS, timeout=timeout)
+    return run.stdout + run.stderr
 
 
 WER_LINE = re.compile(r"WER (\S+) % \((\d+) errors / (\d+) words, (\d+) utterances\)")
@@ -290,7 +270,7 @@ def test_evaluation_script_wer_and_two_processes(tmp_path, manifests):
         "NUM_WORKERS": "0",
     }
 
-    out = run_launcher("evaluation.sh", {**env, "PREDICTION_FILE": str(tmp_path / "one.tsv")})
+    out = run_on_cpu("evaluation.sh", {**env, "PREDICTION_FILE": str(tmp_path / "one.tsv")})
     wer, errors, words, utts = WER_LINE.search(out).groups()
     predictions = read_predictions(tmp_path / "one.tsv")
     references = [normalize(e["transcript"], config.load(SMALL_CONFIG)["labels"]) for e in entries]
@@ -299,7 +279,7 @@ def test_evaluation_script_wer_and_two_processes(tmp_path, manifests):
     assert float(wer) == pytest.approx(100 * expected, abs=1e-4)
 
     # Two CPU processes: every utterance once, counts summed over ranks.
-    out2 = run_launcher(
+    out2 = run_on_cpu(
         "evaluation.sh", {**env, "NUM_GPUS": "2", "PREDICTION_FILE": str(tmp_path / "two.tsv")}
     )
     assert WER_LINE.search(out2).groups() == (wer, errors, words, utts)
@@ -307,7 +287,7 @@ def test_evaluation_script_wer_and_two_processes(tmp_path, manifests):
     assert list(two.items()) == list(predictions.items())  # same lines, in manifest order
 
     # PREDICTION_FILE= (set, empty) writes no predictions; unset, evaluation.sh writes none either.
-    out3 = run_launcher("evaluation.sh", {**env, "PREDICTION_FILE": ""})
+    out3 = run_on_cpu("evaluation.sh", {**env, "PREDICTION_FILE": ""})
     assert "predictions of" not in out3 and WER_LINE.search(out3)
     assert not list((tmp_path / "out").glob("*.predictions"))
 
@@ -326,7 +306,7 @@ def test_inference_script_defaults_and_logits(tmp_path, manifests):
         "NUM_WORKERS": "0",
         "BATCH_SIZE": "4",
     }
-    out = run_launcher("inference.sh", env)
+    out = run_on_cpu("inference.sh", env)
     assert "inference.py" in out  # the final command is echoed
     assert len(read_predictions(tmp_path / "out" / "dev-clean.predictions")) == len(LABELLED)
     assert len(torch.load(tmp_path / "l.pt", weights_only=True)["log_probs"]) == len(LABELLED)
@@ -364,7 +344,7 @@ def test_fold_batchnorm_same_outputs(small, padded_batch):
     assert any(isinstance(m, nn.BatchNorm1d) for m in model.modules())  # the original is untouched
     assert_same_valid_outputs(model, prepared, *padded_batch, atol=1e-4)
     with pytest.raises(ValueError, match="eval mode"):
-        fold_batchnorm(Jasper(config.encoder(small[1]), config.decoder(small[1], 29)).train())
+        fold_batchnorm(config.build_model(small[1]).train())
 
 
 def test_skip_masks_same_outputs(small, padded_batch):
@@ -450,7 +430,7 @@ def test_gpu_speed_options(small, padded_batch, dtype):
 
 def test_inference_benchmark_script(tmp_path):
     cfg = config.load(TINY_CONFIG)
-    model = Jasper(config.encoder(cfg), config.decoder(cfg, len(cfg["labels"]) + 1))
+    model = config.build_model(cfg)
     torch.save(
         {"state_dict": model.state_dict(), "config": cfg, "labels": cfg["labels"]},
         tmp_path / "tiny.pt",
@@ -464,7 +444,7 @@ def test_inference_benchmark_script(tmp_path):
         "BATCH_SIZE_SEQ": "1 2",
         "MAX_DURATION_SEQ": "2",
     }
-    out = run_launcher("inference_benchmark.sh", env)
+    out = run_on_cpu("inference_benchmark.sh", env)
     assert "synthetic audio" in out
     table = json.loads((tmp_path / "inference_benchmark.json").read_text())
     assert table["machine"]["device_type"] == "cpu" and table["machine"]["device"]
@@ -480,14 +460,14 @@ def test_inference_benchmark_script(tmp_path):
 
 
 def test_latency_percentiles():
-    latencies = inference.Latencies()
+    latencies = Latencies()
     for step in range(105):  # the first 5 are dropped: 1..100 ms remain
         latencies.add(data=0.0, dnn=(step - 4) / 1000 if step >= 5 else 1.0)
     ms = latencies.summary()
     assert ms["dnn_latency_0.9"] == pytest.approx(90)
     assert ms["dnn_latency_0.99"] == pytest.approx(99)
     assert ms["dnn_latency_0.5"] == pytest.approx(50.5)  # the mean, as upstream
-    short = inference.Latencies()
+    short = Latencies()
     for _ in range(24):
         short.add(0.0, 0.001)
     assert short.summary() is None  # fewer than 20 after dropping 5
@@ -571,9 +551,14 @@ def test_bad_audio_files(tmp_path, capsys, content, message):
         sf.write(str(path), np.zeros(0, dtype=np.float32), 16000)
     else:
         path.write_bytes(content)
-    rc = inference.main(small_args(tmp_path, "--transcribe_wav", str(path)))
+    good, preds = AUDIO / "goforward.wav", tmp_path / "preds.tsv"
+    args = ("--transcribe_wav", str(path), str(good), "--save_predictions", str(preds))
+    rc = inference.main(small_args(tmp_path, *args))
     err = capsys.readouterr().err
-    assert rc == 2 and message in err and str(path) in err
+    # The bad file is named and skipped; the other one is still transcribed and saved.
+    assert rc == 1 and message in err and str(path) in err and "(skipped)" in err
+    assert "1 file(s) could not be transcribed" in err
+    assert [line.split("\t")[0] for line in preds.read_text().splitlines()] == [str(good)]
 
 
 def test_manifest_without_transcripts(tmp_path, manifests, capsys, caplog):
@@ -603,3 +588,95 @@ def test_missing_audio_in_manifest(tmp_path, manifests, capsys):
     )
     err = capsys.readouterr().err
     assert rc == 2 and "do not exist" in err and "sense_and_sensibility_0870.wav" in err
+
+
+def test_inference_benchmark_on_a_small_real_set(tmp_path, manifests):
+    """Fewer utterances than a batch: batches are made by cycling over them (the benchmark used
+    to print "Not enough samples" and then fail on `cat` of a missing table)."""
+    labelled, _ = manifests  # 4 recordings
+    env = {
+        "CHECKPOINT": str(SMALL_CKPT), "MODEL_CONFIG": str(SMALL_CONFIG),
+        "OUTPUT_DIR": str(tmp_path), "VAL_MANIFESTS": str(labelled), "DATA_DIR": str(AUDIO),
+        "NUM_STEPS": "25", "NUM_WARMUP_STEPS": "1", "BATCH_SIZE_SEQ": "2 8",
+        "MAX_DURATION_SEQ": "16.7", "DALI_DEVICE": "none", "NUM_WORKERS": "0",
+    }  # fmt: skip
+    out = run_on_cpu("inference_benchmark.sh", env)
+    table = json.loads((tmp_path / "inference_benchmark.json").read_text())
+    assert [(r["batch_size"], r["duration"]) for r in table["rows"]] == [(2, 16.7), (8, 16.7)]
+    assert "| 8 | 16.7 |" in out  # the table is printed at the end
+
+
+def test_inference_benchmark_refuses_too_few_steps_before_any_work(tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable, "CHECKPOINT": str(tmp_path / "missing.pt"),
+           "OUTPUT_DIR": str(tmp_path), "NUM_STEPS": "10", "NUM_WARMUP_STEPS": "1"}  # fmt: skip
+    run = subprocess.run(["bash", "scripts/inference_benchmark.sh"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 2
+    assert "--steps 10 (NUM_STEPS) is too few to measure latencies: at least 25" in run.stderr
+    assert "checkpoint not found" not in run.stderr  # refused before loading anything
+    assert "Traceback" not in run.stderr and not (tmp_path / "inference_benchmark.md").exists()
+
+
+def test_own_audio_in_one_line_without_librispeech(tmp_path):
+    """The README's `CHECKPOINT=... bash scripts/inference.sh --transcribe_wav FILE` on a machine
+    without /datasets/LibriSpeech: no manifest is read, the transcript is printed and saved, and
+    the CPU runs its fast path (FFT convolutions) without being asked."""
+    env = {"CHECKPOINT": str(SMALL_CKPT), "MODEL_CONFIG": str(SMALL_CONFIG), "CPU": "true",
+           "OUTPUT_DIR": str(tmp_path / "out"), "PYTHONPATH": str(REPO)}  # fmt: skip
+    wav = AUDIO / "goforward.wav"
+    unset = (*LAUNCHER_VARS, "DATA_DIR", "FFT_CONVS")
+    run = run_launcher("inference.sh", "--transcribe_wav", str(wav), env=env, unset=unset)
+    out = run.stdout + run.stderr
+    assert "manifest not found" not in out
+    assert "speed options: fold_batchnorm+skip_masks+fft_convs on cpu (--fft_convs auto)" in out
+    saved = tmp_path / "out" / "transcripts.tsv"
+    assert f"written to {saved}" in out
+    name, text = saved.read_text().strip().split("\t")
+    assert name == str(wav) and f"{wav}\t{text}" in out
+
+
+def test_evaluation_with_beam_search_and_an_lm(tmp_path, manifests):
+    """`DECODER=beam LM=... bash scripts/evaluation.sh` prints the WER (the LM knows the
+    references' sentences: no worse than greedy, even with this weak model), and the JSON output
+    carries each word with its time and confidence."""
+    labelled, _ = manifests
+    entries = json.loads(labelled.read_text())
+    labels = config.load(SMALL_CONFIG)["labels"]
+    text = tmp_path / "lm.txt"
+    text.write_text("".join(normalize(e["transcript"], labels) + "\n" for e in entries))
+    lm = tmp_path / "lm.arpa"
+    build = subprocess.run([sys.executable, "utils/build_lm.py", str(text), str(lm)], cwd=REPO,
+                           capture_output=True, text=True)  # fmt: skip
+    assert build.returncode == 0, build.stderr
+    env = {
+        "DATA_DIR": str(AUDIO), "VAL_MANIFESTS": str(labelled), "MODEL_CONFIG": str(SMALL_CONFIG),
+        "CHECKPOINT": str(SMALL_CKPT), "OUTPUT_DIR": str(tmp_path / "out"), "BATCH_SIZE": "2",
+        "NUM_WORKERS": "0", "EMA": "false",
+    }  # fmt: skip
+    greedy = WER_LINE.search(run_on_cpu("evaluation.sh", env))
+    preds = tmp_path / "beam.tsv"
+    beam_env = {**env, "DECODER": "beam", "LM": str(lm), "LM_ALPHA": "2.0", "LM_BETA": "0.5",
+                "PREDICTION_FILE": str(preds), "OUTPUT_FORMAT": "txt json"}  # fmt: skip
+    beam = WER_LINE.search(run_on_cpu("evaluation.sh", beam_env))
+    assert beam.group(3, 4) == greedy.group(3, 4)  # the same words and utterances scored
+    assert float(beam.group(1)) <= float(greedy.group(1))
+    objects = json.loads(preds.with_suffix(".json").read_text())
+    assert [o["file"] for o in objects] == list(read_predictions(preds))
+    for o in objects:
+        assert o["text"] == " ".join(w["word"] for w in o["words"])
+        starts = [w["start"] for w in o["words"]]
+        assert starts == sorted(starts) and all(0 <= w["confidence"] <= 1 for w in o["words"])
+
+
+@pytest.mark.parametrize("mode", ["--vad", "--stream"])
+def test_vad_and_stream_modes_transcribe_a_long_recording(tmp_path, capsys, mode):
+    """`--vad` cuts at pauses, `--stream` plays the file as a stream; both give a transcript close
+    to the whole-file one (bounds measured in tests/test_vad.py and tests/test_streaming.py)."""
+    wav = AUDIO / "keynote.wav"
+    whole, other = tmp_path / "whole.tsv", tmp_path / "other.tsv"
+    assert inference.main(small_args(tmp_path, "--transcribe_wav", str(wav),
+                                     "--save_predictions", str(whole))) == 0  # fmt: skip
+    assert inference.main(small_args(tmp_path, "--transcribe_wav", str(wav), mode,
+                                     "--save_predictions", str(other))) == 0  # fmt: skip
+    (a,), (b,) = read_predictions(whole).values(), read_predictions(other).values()
+    assert b and char_error_rate([b], [a])[0] < 0.65

@@ -1,4 +1,5 @@
-"""The logging facade: DLLogger JSON lines, upstream's stdout shape, TensorBoard (spec 7.8)."""
+"""The logging facade: DLLogger JSON lines with upstream's metric names, upstream's stdout shape
+(DeepLearningExamples Jasper, common/tb_dllogger.py) with one unit per value, TensorBoard."""
 
 from __future__ import annotations
 
@@ -144,18 +145,41 @@ def test_stdout_lines_have_upstream_shape(tmp_path, capsys):
     prefix = r"DLL \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+\S* - "
     expected = [
         "PARAMETER | lr : 0.01",
-        "epoch    3 | iter  120/544 | loss   45.21 | wer  38.10 % | utts/s   512 samples/s"
+        "epoch    3 | iter  120/544 | loss   45.21 | wer  38.10 % | throughput   512 utts/s"
         " | took  1.00 s | lrate 1.00e-02",
         "epoch    3 |   avg dev loss   40.00 |   avg dev wer  30.00 % | took  2.50 s",
         "epoch    3 |   EMA dev loss   40.00 |   EMA dev wer  30.00 % | took  2.50 s",
-        "epoch    3 | avg train utts/s   500 samples/s | took 300.00 s | avg train loss   44.00",
+        "epoch    3 | avg train throughput   500 utts/s | took 300.00 s | avg train loss   44.00",
     ]
     for text in expected:
         assert any(re.fullmatch(prefix + re.escape(text), line) for line in out), text
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "shown"),
+    [
+        ("train_throughput", 512.0, "| throughput   512 utts/s"),
+        ("train_avg_throughput", 500.0, "| avg train throughput   500 utts/s"),
+        ("dev_took", 2.5, "| took  2.50 s"),
+        ("train_lrate", 1e-2, "| lrate 1.00e-02"),
+        ("train_nonfinite", 3, "| skipped   3 batches"),
+        ("train_avg_benchmark_epochs_num", 2, "| over the last   2 epochs"),
+        ("eval_wer", 12.345, "| WER 12.35 %"),
+        ("data_latency_0.9", 4.0, "| data latency 90%    4.00 ms"),
+    ],
+)
+def test_each_value_is_printed_once_with_its_unit(name, value, shown):
+    assert METRICS[name].render(value) == shown
+
+
+def test_no_label_repeats_its_unit():
+    for name, metric in METRICS.items():
+        assert metric.unit is None or metric.unit not in metric.label, name
+
+
 def test_inference_metadata_keys_match_logged_keys(tmp_path, capsys):
-    """Spec 14.25: upstream's latency lines lost their format because the keys differed."""
+    """Upstream's inference.py lost the format of its latency lines: it declared
+    ``dnn_latency_0.99`` but logged ``dnn_latency_0_99``."""
     latencies = {
         latency_metric(stage, ratio): 10.0 + i
         for i, (stage, ratio) in enumerate(

@@ -1,4 +1,5 @@
-"""Greedy CTC decoding and error rates (common.metrics, spec 6)."""
+"""Greedy CTC decoding and error rates (common.metrics), as upstream's common/helpers.py (CTC
+collapse) and common/metrics.py (word_error_rate) compute them."""
 
 import math
 import random

@@ -19,7 +19,7 @@ SMALL = REFERENCE / "small_model"
 
 
 def build(cfg: dict) -> Jasper:
-    return Jasper(config.encoder(cfg), config.decoder(cfg, len(cfg["labels"]) + 1))
+    return config.build_model(cfg)
 
 
 def test_full_model_has_upstream_state_dict_layout():
@@ -72,7 +72,9 @@ def test_upstream_checkpoint_reproduces_upstream_outputs(ema):
 
 
 def test_legacy_checkpoint_forms_load(tmp_path):
-    """Pre-2021 key names (spec 4.4) and the pre-Nov-2021 ``amp`` entry (spec 4.5) load too."""
+    """Pre-2021 key names (upstream common/helpers.py, convert_v1_state_dict) and the ``amp``
+    entry of checkpoints from before upstream's switch to native AMP (Nov 2021, now ``scaler``)
+    load too."""
     model, _, io = small_model_and_io()
     ckpt = torch.load(SMALL / "checkpoint.pt", weights_only=True)
     legacy = {"audio_preprocessor.featurizer.fb": torch.zeros(1)}

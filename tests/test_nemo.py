@@ -43,7 +43,7 @@ def loaded():
 
 
 def build(cfg: dict, state_dict: dict | None = None) -> Jasper:
-    model = Jasper(config.encoder(cfg), config.decoder(cfg, len(cfg["labels"]) + 1))
+    model = config.build_model(cfg)
     if state_dict is not None:
         model.load_state_dict(state_dict, strict=True)
     return model.eval()

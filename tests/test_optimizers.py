@@ -1,4 +1,6 @@
-"""Optimizers, LR schedule and EMA against hand-computed numbers (spec 7.4-7.6, 13).
+"""Optimizers, LR schedule and EMA against hand-computed numbers. Upstream (DeepLearningExamples,
+PyTorch/SpeechRecognition/Jasper): Novograd, AdamW and lr_policy in common/optimizers.py, apply_ema
+in train.py; QuartzNet's train.py adds apex FusedNovoGrad and FusedLAMB.
 
 Hand-computed cases run in float64 so that the expected literals can be checked tightly; the
 arithmetic that produced each literal is written beside it.
@@ -6,6 +8,7 @@ arithmetic that produced each literal is written beside it.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import pytest
@@ -16,6 +19,7 @@ from common.optimizers import (
     AdamW,
     FusedNovograd,
     Lamb,
+    LRSchedule,
     Novograd,
     apply_ema,
     build_optimizer,
@@ -41,7 +45,7 @@ def run_steps(opt_cls, initial, grads_per_step, **hyper):
 
 
 # ---------------------------------------------------------------------------------------------
-# Novograd (spec 7.4)
+# Novograd (upstream common/optimizers.py, Novograd.step)
 
 # lr 0.1, betas (0.5, 0.5), eps 1.0, weight decay 0.5. Both tensors are in one group; each has its
 # own squared norm n and scalar second moment v.
@@ -264,7 +268,7 @@ def test_sparse_gradients_are_rejected(opt_cls):
 
 
 # ---------------------------------------------------------------------------------------------
-# AdamW (upstream's, spec 7.4) and LAMB (apex FusedLAMB, spec 13)
+# AdamW (upstream common/optimizers.py, AdamW) and LAMB (apex FusedLAMB, QuartzNet's `lamb98`)
 
 
 def test_adamw_hand_computed():
@@ -355,10 +359,10 @@ def test_build_optimizer_names_and_recipe_settings():
 
 
 # ---------------------------------------------------------------------------------------------
-# LR policy (spec 7.5)
+# LR policy (upstream common/optimizers.py, lr_policy)
 
 SPE = 544  # steps per epoch of the recipe (8 GPUs x 64 utterances per step)
-RECIPE = dict(
+RECIPE = LRSchedule(
     steps_per_epoch=SPE,
     warmup_epochs=2,
     hold_epochs=140,
@@ -380,30 +384,32 @@ def first_step(epoch: int) -> int:
 def test_exponential_policy_recipe_numbers(epoch, expected):
     # 0.01 * 0.981 ** (epoch - 2 - 140), constant through the epoch
     for step in (first_step(epoch), epoch * SPE):
-        assert f"{lr_policy(step, epoch, 0.01, **RECIPE):.2e}" == expected
-    assert lr_policy(first_step(143), 143, 0.01, **RECIPE) == pytest.approx(0.00981, rel=1e-12)
+        assert f"{lr_policy(step, epoch, 0.01, RECIPE):.2e}" == expected
+    assert lr_policy(first_step(143), 143, 0.01, RECIPE) == pytest.approx(0.00981, rel=1e-12)
 
 
 def test_warmup_and_hold():
     # W = 2 * 544 = 1088 steps: a = (step + 1) / 1089 while step < 1088, then 1 until 142 * 544.
-    assert lr_policy(1, 1, 0.01, **RECIPE) == pytest.approx(0.01 * 2 / 1089, rel=1e-12)
-    assert lr_policy(1087, 2, 0.01, **RECIPE) == pytest.approx(0.01 * 1088 / 1089, rel=1e-12)
-    assert lr_policy(1088, 2, 0.01, **RECIPE) == 0.01
-    assert lr_policy(142 * SPE, 142, 0.01, **RECIPE) == 0.01  # gamma ** 0 in the last hold epoch
+    assert lr_policy(1, 1, 0.01, RECIPE) == pytest.approx(0.01 * 2 / 1089, rel=1e-12)
+    assert lr_policy(1087, 2, 0.01, RECIPE) == pytest.approx(0.01 * 1088 / 1089, rel=1e-12)
+    assert lr_policy(1088, 2, 0.01, RECIPE) == 0.01
+    assert lr_policy(142 * SPE, 142, 0.01, RECIPE) == 0.01  # gamma ** 0 in the last hold epoch
 
 
 def test_min_lr_floor():
     # gamma 0.5 at epoch 160: 0.01 * 0.5 ** 18 = 3.8e-8 -> floored to min_lr 1e-5
-    fast = {**RECIPE, "exp_gamma": 0.5}
-    assert lr_policy(first_step(160), 160, 0.01, **fast) == 1e-5
+    fast = dataclasses.replace(RECIPE, exp_gamma=0.5)
+    assert lr_policy(first_step(160), 160, 0.01, fast) == 1e-5
     # the floor applies during warmup too: 0.01 * 2 / 1089 = 1.8e-5 < 1e-4
-    assert lr_policy(1, 1, 0.01, **{**RECIPE, "min_lr": 1e-4}) == 1e-4
+    assert lr_policy(1, 1, 0.01, dataclasses.replace(RECIPE, min_lr=1e-4)) == 1e-4
 
 
 def test_legacy_polynomial_policy():
     # 10 steps per epoch, 2 warmup + 3 hold epochs of 10: W = 20, H = 30; 10 epochs = 100 steps.
     # decay: a = ((100 - step) / (100 - 20 - 30)) ** 2
-    kw = dict(steps_per_epoch=10, warmup_epochs=2, hold_epochs=3, num_epochs=10, policy="legacy")
+    legacy = LRSchedule(
+        steps_per_epoch=10, warmup_epochs=2, hold_epochs=3, num_epochs=10, policy="legacy"
+    )
     expected = {
         19: 0.1 * 20 / 21,  # warmup (19 + 1) / (20 + 1)
         20: 0.1,  # hold
@@ -414,30 +420,29 @@ def test_legacy_polynomial_policy():
         100: 1e-5,  # 0 -> min_lr
     }
     for step, lr in expected.items():
-        assert lr_policy(step, (step - 1) // 10 + 1, 0.1, **kw) == pytest.approx(lr, rel=1e-12)
+        assert lr_policy(step, (step - 1) // 10 + 1, 0.1, legacy) == pytest.approx(lr, rel=1e-12)
 
 
 def test_lr_orders():
-    kw = {**RECIPE}
     # published (default): step s runs at policy(s)
-    assert lr_for_step(1, 0.01, **kw) == pytest.approx(0.01 * 2 / 1089, rel=1e-12)
-    assert lr_for_step(1088, 0.01, **kw) == 0.01
-    assert lr_for_step(first_step(143), 0.01, **kw) == pytest.approx(0.00981, rel=1e-12)
+    assert lr_for_step(1, 0.01, RECIPE) == pytest.approx(0.01 * 2 / 1089, rel=1e-12)
+    assert lr_for_step(1088, 0.01, RECIPE) == 0.01
+    assert lr_for_step(first_step(143), 0.01, RECIPE) == pytest.approx(0.00981, rel=1e-12)
     # upstream-current: step 1 at the peak LR, step k at policy(k - 1) in the epoch of step k - 1
-    cur = {**kw, "order": "upstream-current"}
-    assert lr_for_step(1, 0.01, **cur) == 0.01
-    assert lr_for_step(2, 0.01, **cur) == pytest.approx(0.01 * 2 / 1089, rel=1e-12)
-    assert lr_for_step(1089, 0.01, **cur) == 0.01
-    assert lr_for_step(first_step(143), 0.01, **cur) == 0.01  # policy(142 * 544) in epoch 142
-    assert lr_for_step(first_step(143) + 1, 0.01, **cur) == pytest.approx(0.00981, rel=1e-12)
+    cur = dataclasses.replace(RECIPE, order="upstream-current")
+    assert lr_for_step(1, 0.01, cur) == 0.01
+    assert lr_for_step(2, 0.01, cur) == pytest.approx(0.01 * 2 / 1089, rel=1e-12)
+    assert lr_for_step(1089, 0.01, cur) == 0.01
+    assert lr_for_step(first_step(143), 0.01, cur) == 0.01  # policy(142 * 544) in epoch 142
+    assert lr_for_step(first_step(143) + 1, 0.01, cur) == pytest.approx(0.00981, rel=1e-12)
     with pytest.raises(ValueError, match="published, upstream-current"):
-        lr_for_step(1, 0.01, **{**kw, "order": "after"})
+        dataclasses.replace(RECIPE, order="after")
     with pytest.raises(ValueError, match="exponential, legacy, cosine"):
-        lr_policy(1, 1, 0.01, **{**kw, "policy": "linear"})
+        dataclasses.replace(RECIPE, policy="linear")
 
 
 # ---------------------------------------------------------------------------------------------
-# EMA (spec 7.6)
+# EMA (upstream train.py, apply_ema)
 
 
 def test_ema_two_steps_by_hand():
@@ -478,8 +483,10 @@ def test_ema_two_steps_by_hand():
 
 
 def test_cosine_policy_decays_from_peak_to_floor():
-    kw = dict(steps_per_epoch=10, warmup_epochs=1, hold_epochs=0, num_epochs=5, policy="cosine")
-    assert lr_policy(5, 1, 0.01, **kw) == pytest.approx(0.01 * 6 / 11)  # warmup as upstream
-    assert lr_policy(10, 2, 0.01, **kw) == pytest.approx(0.01)  # decay starts at the peak
-    assert lr_policy(30, 4, 0.01, **kw) == pytest.approx(0.005)  # half-way: half the peak
-    assert lr_policy(50, 5, 0.01, **kw) == pytest.approx(1e-5)  # the end: the floor
+    cosine = LRSchedule(
+        steps_per_epoch=10, warmup_epochs=1, hold_epochs=0, num_epochs=5, policy="cosine"
+    )
+    assert lr_policy(5, 1, 0.01, cosine) == pytest.approx(0.01 * 6 / 11)  # warmup as upstream
+    assert lr_policy(10, 2, 0.01, cosine) == pytest.approx(0.01)  # decay starts at the peak
+    assert lr_policy(30, 4, 0.01, cosine) == pytest.approx(0.005)  # half-way: half the peak
+    assert lr_policy(50, 5, 0.01, cosine) == pytest.approx(1e-5)  # the end: the floor

@@ -7,18 +7,19 @@ at 22.05 kHz, one corrupt FLAC, and a transcript with digits and punctuation.
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-REPO = Path(__file__).resolve().parents[1]
-SR = 16000
+from tests.conftest import REPO, run_launcher
+from tests.conftest import SAMPLE_RATE as SR
 
 ENTRY_KEYS = ["transcript", "files", "original_duration", "original_num_samples"]
-FILE_KEYS = [  # pysox's file_info.info() order, then fname and speed (spec 9)
+# The file keys in the order upstream's utils/preprocessing_utils.py writes them: pysox's
+# file_info.info(), then fname and speed.
+FILE_KEYS = [
     "channels",
     "sample_rate",
     "bitdepth",
@@ -45,7 +46,7 @@ CORPUS = {
 }
 
 
-def make_corpus(data_dir: Path) -> dict[str, dict]:
+def make_librispeech(data_dir: Path) -> dict[str, dict]:
     """Writes CORPUS; returns utt_id -> {"samples": source length, "sr": rate, "split": ...}."""
     rng = np.random.default_rng(0)
     utts = {}
@@ -70,23 +71,10 @@ def make_corpus(data_dir: Path) -> dict[str, dict]:
 
 
 def run_preprocess(data_dir: Path, *args: str, **env_vars: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("SPEEDS", "SPLITS")}
-    env.update(
-        DATA_DIR=str(data_dir),
-        NUM_JOBS="2",
-        PYTHON=sys.executable,
-        **env_vars,
+    env = {"DATA_DIR": str(data_dir), "NUM_JOBS": "2", **env_vars}
+    return run_launcher(
+        "preprocess_librispeech.sh", *args, env=env, unset=("SPEEDS", "SPLITS"), timeout=120
     )
-    result = subprocess.run(
-        ["bash", "scripts/preprocess_librispeech.sh", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result
 
 
 def load_manifest(data_dir: Path, split: str) -> list[dict]:
@@ -100,7 +88,7 @@ def wav_state(data_dir: Path) -> dict[str, int]:
 @pytest.fixture
 def corpus(tmp_path):
     data_dir = tmp_path / "LibriSpeech"
-    return data_dir, make_corpus(data_dir)
+    return data_dir, make_librispeech(data_dir)
 
 
 def test_convert_writes_wavs_and_upstream_manifest_and_is_idempotent(corpus):

@@ -30,7 +30,7 @@ GERMAN = list(" abcdefghijklmnopqrstuvwxyzäöüß'")
 
 
 def build(cfg: dict) -> Jasper:
-    return Jasper(config.encoder(cfg), config.decoder(cfg, len(cfg["labels"]) + 1))
+    return config.build_model(cfg)
 
 
 def counted_parameters(cfg: dict) -> int:
@@ -38,7 +38,7 @@ def counted_parameters(cfg: dict) -> int:
     (C_in x k) and a pointwise (C_in x C_out) conv, a dense one C_in x C_out x k; BatchNorm 2 x C_out;
     a residual branch a 1x1 conv and BatchNorm; the classifier C x K weights and K biases."""
     enc = cfg["quartznet"]["encoder"]
-    n_classes = len(cfg["labels"]) + 1
+    n_classes = config.num_classes(cfg["labels"])
     channels, total = enc["in_feats"], 0
     for block in enc["blocks"]:
         k, out, c_in = block["kernel_size"][0], block["filters"], channels

@@ -1,12 +1,9 @@
 """Inference, evaluation and the latency benchmark with NeMo's real .nemo QuartzNet and with a
-QuartzNet config (issue 8, acceptance 5)."""
+QuartzNet config."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import torch
@@ -14,20 +11,14 @@ import torch
 import inference
 from common.metrics import ctc_greedy_text
 from jasper import config
-from jasper.model import Jasper
-from tests.conftest import AUDIO, CONFIGS, REFERENCE, REPO
+from tests.conftest import AUDIO, CONFIGS, REFERENCE, recording_entry, run_launcher, write_manifest
 
 NEMO = REFERENCE / "nemo" / "quartznet_small.nemo"
 OUTPUTS = REFERENCE / "nemo" / "quartznet_small_outputs.npz"
 
 
 def launch(script: str, **env: str) -> str:
-    run = subprocess.run(
-        ["bash", f"scripts/{script}"], cwd=REPO, capture_output=True, text=True, timeout=600,
-        env={**os.environ, "PYTHON": sys.executable, **env},
-    )  # fmt: skip
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    return run.stdout
+    return run_launcher(script, env=env).stdout
 
 
 def test_nemo_checkpoint_transcribes_like_nemo(tmp_path):
@@ -46,18 +37,11 @@ def test_nemo_checkpoint_transcribes_like_nemo(tmp_path):
 
 def test_evaluation_with_nemo_and_benchmark_with_quartznet(tmp_path):
     # A manifest of two recordings with their transcripts.
-    entries = []
-    for name in ("goforward", "librivox/sense_and_sensibility_0880"):
-        wav = AUDIO / f"{name}.wav"
-        n = len(np.frombuffer(wav.read_bytes()[44:], dtype=np.int16))
-        entries.append({
-            "transcript": (AUDIO / f"{name}.txt").read_text().strip(),
-            "files": [{"fname": str(wav.relative_to(AUDIO)), "speed": 1, "duration": n / 16000,
-                       "num_samples": n}],
-            "original_duration": n / 16000, "original_num_samples": n,
-        })  # fmt: skip
-    manifest = tmp_path / "eval.json"
-    manifest.write_text(json.dumps(entries))
+    entries = [
+        recording_entry(AUDIO / f"{name}.wav", AUDIO, (AUDIO / f"{name}.txt").read_text().strip())
+        for name in ("goforward", "librivox/sense_and_sensibility_0880")
+    ]
+    manifest = write_manifest(tmp_path / "eval.json", entries)
     out = launch(
         "evaluation.sh", DATA_DIR=str(AUDIO), VAL_MANIFESTS=str(manifest), MODEL_CONFIG="",
         CHECKPOINT=str(NEMO), OUTPUT_DIR=str(tmp_path), BATCH_SIZE="2", NUM_WORKERS="0",
@@ -65,7 +49,7 @@ def test_evaluation_with_nemo_and_benchmark_with_quartznet(tmp_path):
     assert "WER" in out
 
     cfg = config.load(CONFIGS / "quartznet_tiny.yaml")
-    model = Jasper(config.encoder(cfg), config.decoder(cfg, len(cfg["labels"]) + 1))
+    model = config.build_model(cfg)
     ckpt = tmp_path / "qn.pt"
     torch.save({"state_dict": model.state_dict(), "config": cfg, "labels": cfg["labels"]}, ckpt)
     launch(

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 from common.logger import parse_json_log
-from tests.conftest import CONFIGS, REPO
-from tests.test_train import make_corpus
+from tests.conftest import CONFIGS, make_corpus, run_launcher
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +22,6 @@ def corpus(tmp_path_factory):
 def test_tiny_quartznet_trains_with_each_optimizer(corpus, tmp_path, optimizer, lr):
     root, manifest = corpus
     env = {
-        **os.environ,
-        "PYTHON": sys.executable,
         "DATA_DIR": str(root),
         "MODEL_CONFIG": str(CONFIGS / "quartznet_tiny.yaml"),
         "OUTPUT_DIR": str(tmp_path),
@@ -47,11 +40,7 @@ def test_tiny_quartznet_trains_with_each_optimizer(corpus, tmp_path, optimizer, 
         "SAVE_FREQUENCY": "100",
         "NUM_WORKERS": "0",
     }
-    run = subprocess.run(
-        ["bash", "scripts/train_quartznet.sh"], cwd=REPO, env=env, capture_output=True, text=True,
-        timeout=600,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    run_launcher("train_quartznet.sh", env=env)
     records = [r for r in parse_json_log(tmp_path / "nvlog.json") if r["type"] == "LOG"]
     assert any(r["data"].get("optimizer") == optimizer for r in records if r["step"] == "PARAMETER")
     losses = [r["data"]["train_loss"] for r in records if "train_loss" in r["data"]]

@@ -1,4 +1,5 @@
-"""Transcript normalisation and label ids (common.text, spec 6)."""
+"""Transcript normalisation and label ids (common.text) against upstream's cleaners
+(common/text/cleaners.py english_cleaners, common/text/numbers.py)."""
 
 import json
 import logging
@@ -13,7 +14,7 @@ CASES_FILE = Path(__file__).parent / "data" / "text_cases.json"
 REFERENCE_CASES = json.loads(CASES_FILE.read_text(encoding="utf-8"))
 
 # Where we deliberately differ from upstream: input -> (upstream's output, ours, why ours is right).
-# Upstream's outputs are measured (text_cases.json, spec 6) or follow from its rules (spec 6).
+# Upstream's outputs are measured (text_cases.json) or follow from its rules.
 DELIBERATE_DIFFERENCES = {
     "1,250 apples": (
         "twelve fifty apples",
@@ -29,14 +30,14 @@ DELIBERATE_DIFFERENCES = {
     "it's 100% rock & roll + jazz": (
         "it's one hundred rock and roll plus jazz",
         "it's one hundred percent rock and roll plus jazz",
-        "As above (spec 6's measured example).",
+        "As above (measured on upstream's cleaners).",
     ),
     "½ cup": ("cup", "one half cup", "The fraction is spoken; upstream's transliteration lost it."),
     "2½ cups": ("two cups", "two and one half cups", "As above; 'and' joins the whole part."),
     "call me at 8:00 pm!": (
         "call me at eight zero zero pm",
         "call me at eight pm",
-        "Upstream's time rule ran after the integer rule, so it never matched (spec 14.23).",
+        "Upstream's time rule ran after the integer rule, so it never matched (numbers.py).",
     ),
     "8:05": ("eight zero five", "eight oh five", "Same dead time rule; minutes 01-09 read 'oh N'."),
     "pi is 3.14": (
@@ -70,7 +71,7 @@ def test_deliberate_differences(text):
     assert normalize(text, DEFAULT_LABELS) == ours
 
 
-# Behaviour kept from upstream (spec 6's measured examples and its number rules).
+# Behaviour kept from upstream (outputs measured on its cleaners, and its number rules).
 @pytest.mark.parametrize(
     ("text", "expected"),
     [

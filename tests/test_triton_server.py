@@ -6,9 +6,14 @@ exports the reference checkpoint, generates the CPU model repository, starts the
 run_server.sh on free ports, and checks that:
 
 - every recording of data/audio goes through both ensembles over HTTP and gRPC and comes back
-  with exactly the transcript ``inference.py --pad_leading 0`` gives (one file per request);
-- wrong dtype, empty audio and audio longer than the configured maximum get error responses, and
-  the server goes on answering;
+  with exactly the transcript ``inference.py`` gives with its defaults (16 leading zero frames,
+  which the served extractor puts in front too; one file per request);
+- recordings of different lengths padded into one request come back exactly as one-recording
+  requests;
+- malformed requests (wrong dtype, empty audio, audio longer than the configured maximum or
+  shorter than the STFT frames, NaN audio, lengths past the array or negative, to the ensemble
+  and to the component models) get 400 / INVALID_ARGUMENT with a message that says what is
+  wrong, and the server goes on answering; the client names the files it leaves out;
 - the load tool runs briefly and writes its tables;
 - stop_server.sh leaves no server or backend-stub process.
 
@@ -78,6 +83,15 @@ def _server_processes(pid: int) -> list[str]:
     ]
 
 
+def _model_repository(
+    exported, target: str, backends: list[str], output, extra: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
+    """triton/model_repository.py on the fp32 exports."""
+    cmd = [sys.executable, "triton/model_repository.py", "--export_dir", str(exported)]
+    cmd += ["--precision", "fp32", "--target", target, "--backends", *backends]
+    return _run([*cmd, "--output", str(output), *extra])
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """fp32 exports of the reference checkpoint (TorchScript and ONNX, traced on the CPU)."""
@@ -117,31 +131,10 @@ def server(tmp_path_factory, exported):
     assert setup.returncode == 0, f"setup_server.sh failed:\n{setup.stdout}\n{setup.stderr}"
 
     work = tmp_path_factory.mktemp("triton")
-    python = sys.executable
     repo = work / "repo"
-    generated = _run(
-        [
-            python,
-            "triton/model_repository.py",
-            "--export_dir",
-            str(exported),
-            "--precision",
-            "fp32",
-            "--target",
-            "cpu",
-            "--backends",
-            "ts-trace",
-            "onnx",
-            "--output",
-            str(repo),
-            "--max_duration",
-            str(MAX_SECONDS),
-            "--dynamic_batching",
-            "--preferred_batch_sizes",
-            "2",
-            "4",
-        ]
-    )
+    limit = ("--max_duration", str(MAX_SECONDS))
+    batching = ("--dynamic_batching", "--preferred_batch_sizes", "2", "4")
+    generated = _model_repository(exported, "cpu", ["ts-trace", "onnx"], repo, limit + batching)
     assert generated.returncode == 0, generated.stderr
 
     http, grpc, metrics = _free_ports(3)
@@ -172,7 +165,8 @@ def server(tmp_path_factory, exported):
 
 @pytest.fixture(scope="module")
 def inference_transcripts(tmp_path_factory):
-    """``{path: transcript}`` from inference.py with the same padding as the server (none)."""
+    """``{path: transcript}`` from inference.py with the same weights (raw) as the server and its
+    default leading padding (16 frames, which the served extractor puts in front too)."""
     out = tmp_path_factory.mktemp("inference") / "predictions.txt"
     done = _run(
         [
@@ -184,8 +178,7 @@ def inference_transcripts(tmp_path_factory):
             str(SMALL_CONFIG),
             "--transcribe_wav",
             str(AUDIO),
-            "--pad_leading",
-            "0",
+            "--no-ema",  # the weights the export holds (exported without --ema)
             "--cpu",
             "--save_predictions",
             str(out),
@@ -251,51 +244,135 @@ def test_run_client_script_prints_transcripts_and_manifest_wer(
     assert f"WER {100 * wer:.4f} % ({errors} errors / {words} words, 5 utterances)" in done.stdout
 
 
-def test_malformed_requests_get_errors_and_the_server_goes_on(server, client_module):
+INVALID = {"http": "400", "grpc": "StatusCode.INVALID_ARGUMENT"}
+
+
+def _inputs(client, named: list[tuple[str, np.ndarray]]) -> list:
+    from tritonclient.utils import np_to_triton_dtype
+
+    inputs = []
+    for name, array in named:
+        dtype = np_to_triton_dtype(array.dtype)
+        inputs.append(client.tc.InferInput(name, list(array.shape), dtype))
+        inputs[-1].set_data_from_numpy(array)
+    return inputs
+
+
+def _refusal(client, model: str, named: list[tuple[str, np.ndarray]]) -> tuple[str, str]:
+    """``(status, message)`` of a request the server must refuse; ``named`` are the inputs."""
     from tritonclient.utils import InferenceServerException
 
+    with pytest.raises(InferenceServerException) as caught:
+        client.client.infer(model, _inputs(client, named))
+    return str(caught.value.status()), caught.value.message()
+
+
+def test_malformed_requests_get_invalid_argument_and_the_server_goes_on(server, client_module):
     good = client_module.SpeechClient(server["http"], "http", ENSEMBLES[0]).load(
         AUDIO / "goforward.wav"
     )
+    too_long = int(MAX_SECONDS * 16000) + 1
+    noise = (0.1 * np.random.default_rng(0).standard_normal((1, 1600))).astype(np.float32)
+    ensemble_cases = [  # (AUDIO_SIGNAL, NUM_SAMPLES, what the message says)
+        (noise.astype(np.float64), [[1600]], "FP64"),
+        (np.zeros((1, 0), np.float32), [[0]], "AUDIO_SIGNAL is empty"),
+        (np.zeros((1, too_long), np.float32), [[too_long]], "longer than the configured maximum"),
+        (noise, [[1601]], r"NUM_SAMPLES \[1601\] outside \[257, 1600\]"),
+        (noise, [[-5]], r"NUM_SAMPLES \[-5\] outside"),
+        (noise[:, :160], [[160]], r"NUM_SAMPLES \[160\] outside \[257, 160\]"),  # 10 ms
+        (np.full((1, 1600), np.nan, np.float32), [[1600]], "AUDIO_SIGNAL holds NaN"),
+    ]
+    features = np.zeros((1, 64, 30), np.float32)
+    component_cases = [  # (model, input__0, input__1, message)
+        ("jasper-onnx", features, [[31]], r"feature lengths \[31\] outside \[1, 30\]"),
+        ("jasper-ts-trace", features, [[-1]], r"feature lengths \[-1\] outside"),
+        ("jasper-onnx", np.zeros((1, 64, 0), np.float32), [[0]], "features is empty"),
+        ("decoder-ts-script", np.zeros((1, 20, 29), np.float32), [[21]], "encoder lengths"),
+    ]
     for protocol in ("http", "grpc"):
         client = client_module.SpeechClient(server[protocol], protocol, ENSEMBLES[1])
         try:
             expected = client.transcribe([good])[0]
-            # Wrong dtype: FP64 audio where the ensemble takes FP32.
-            inputs, outputs = client.request(
-                np.zeros((1, 1600), np.float32), np.array([[1600]], np.int32)
-            )
-            inputs[0] = client.tc.InferInput("AUDIO_SIGNAL", [1, 1600], "FP64")
-            inputs[0].set_data_from_numpy(np.zeros((1, 1600), np.float64))
-            with pytest.raises(InferenceServerException, match="FP64"):
-                client.client.infer(client.model, inputs, outputs=outputs)
-            with pytest.raises(client_module.ClientError, match="empty audio"):
-                client.infer(np.zeros((1, 0), np.float32), np.array([[0]], np.int32))
-            too_long = int(MAX_SECONDS * 16000) + 1
-            with pytest.raises(
-                client_module.ClientError, match="longer than the configured maximum"
-            ):
-                client.infer(np.zeros((1, too_long), np.float32), np.array([[too_long]], np.int32))
-            with pytest.raises(client_module.ClientError, match="NUM_SAMPLES"):
-                client.infer(np.zeros((1, 1600), np.float32), np.array([[1601]], np.int32))
+            for audio, lens, message in ensemble_cases:
+                named = [("AUDIO_SIGNAL", audio), ("NUM_SAMPLES", np.array(lens, np.int32))]
+                status, text = _refusal(client, client.model, named)
+                assert status == INVALID[protocol] and re.search(message, text), (status, text)
+            for model, x, lens, message in component_cases:
+                named = [("input__0", x), ("input__1", np.array(lens, np.int32))]
+                status, text = _refusal(client, model, named)
+                assert status == INVALID[protocol] and re.search(message, text), (status, text)
             # The server goes on answering, with the same result as before.
             assert client.transcribe([good])[0] == expected
         finally:
             client.close()
 
 
-def test_padded_batches_are_transcribed_per_recording(server, client_module):
-    """Several recordings in one request, zero-padded: each gets a transcript of its own length
-    (the lengths travel through the ensemble); the longest one equals its single-request result."""
-    client = client_module.SpeechClient(server["grpc"], "grpc", ENSEMBLES[0])
+def _infer(client, model: str, named: list[tuple[str, np.ndarray]], outputs: list[str]):
+    """The named outputs of a request to any model of the server (ensemble or component)."""
+    result = client.client.infer(model, _inputs(client, named))
+    return [result.as_numpy(name) for name in outputs]
+
+
+@pytest.mark.parametrize("model", ENSEMBLES)
+def test_padded_batches_equal_one_recording_requests(server, client_module, model):
+    """Recordings of different lengths zero-padded into one request: each comes back with the
+    ids of its own one-recording request, frame for frame, and the served extractor and acoustic
+    model give it the same log-probs to float rounding (the extractor gives every recording the
+    features it gets alone; the lengths travel through the ensemble). On the reference model the
+    old extractor's differences (0.02 in the log-probs) flipped no argmax: the log-probs show it."""
+    client = client_module.SpeechClient(server["grpc"], "grpc", model)
+    acoustic = model.removesuffix("-ensemble")
     try:
-        signals = [client.load(p) for p in (AUDIO / "example1.wav", AUDIO / "goforward.wav")]
-        batch = client.transcribe(signals)
-        alone = [client.transcribe([s])[0] for s in signals]
-        assert batch[0] == alone[0]
-        assert len(batch[1]) < len(batch[0])  # 2.8 s vs 10 s: not padded out with symbols
+        paths = sorted(AUDIO.rglob("*.wav"))[:8]
+        seconds = (9, 2.3, 4.05, 1.07, 3.3, 2.79, 0.9, 3.71)
+        signals = [client.load(p)[: int(s * 16000)] for p, s in zip(paths, seconds, strict=True)]
+
+        def log_probs(audio, lens):
+            named = [("input__0", audio), ("input__1", lens)]
+            outputs = ["output__0", "output__1"]
+            feats, feat_lens = _infer(client, "feature-extractor-ts-trace", named, outputs)
+            named = [("input__0", feats), ("input__1", feat_lens)]
+            return _infer(client, acoustic, named, outputs)
+
+        for size in (2, 5, 8):
+            batch = client.pad(signals[:size])
+            ids = client.infer(*batch)
+            lp, enc_lens = log_probs(*batch)
+            for i, s in enumerate(signals[:size]):
+                alone = client.pad([s])
+                alone_ids = client.infer(*alone)[0]
+                assert np.array_equal(ids[i, : alone_ids.size], alone_ids), (size, paths[i])
+                assert (ids[i, alone_ids.size :] == len(LABELS)).all()  # blanks past its end
+                lp1, n = log_probs(*alone)
+                n = int(n.reshape(-1)[0])
+                assert int(enc_lens.reshape(-1)[i]) == n
+                assert np.abs(lp[i, :n] - lp1[0, :n]).max() <= 5e-5, (size, paths[i])
     finally:
         client.close()
+
+
+def test_client_names_the_files_it_leaves_out_and_transcribes_the_others(
+    server, inference_transcripts, tmp_path
+):
+    """A folder with a 10 ms recording, one full of NaN, a corrupt MP3 and a good recording:
+    three errors naming the files, the good one transcribed, exit status 1."""
+    import soundfile as sf
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    sf.write(folder / "short.wav", 0.3 * np.random.default_rng(0).standard_normal(160), 16000)
+    sf.write(folder / "nan.wav", np.full(16000, np.nan, np.float32), 16000, subtype="FLOAT")
+    (folder / "corrupt.mp3").write_bytes(np.random.default_rng(1).bytes(4000))
+    (folder / "good.wav").write_bytes((AUDIO / "goforward.wav").read_bytes())
+    cmd = [sys.executable, "triton/client.py", str(folder), "-u", server["http"]]
+    done = _run([*cmd, "-m", ENSEMBLES[0]])
+    assert done.returncode == 1, done.stderr
+    assert f"{folder / 'short.wav'}: 0.010 s of audio is too short" in done.stderr
+    assert f"{folder / 'nan.wav'}: 16000 of 16000 samples are NaN" in done.stderr
+    assert f"cannot decode audio file {folder / 'corrupt.mp3'}" in done.stderr
+    assert "3 of 4 recordings left out" in done.stderr and "Traceback" not in done.stderr
+    expected = inference_transcripts[str(AUDIO / "goforward.wav")]
+    assert done.stdout.splitlines() == [f"{folder / 'good.wav'}\t{expected}"]
 
 
 def test_load_tool_writes_its_table(server, tmp_path):
@@ -323,10 +400,13 @@ def test_load_tool_writes_its_table(server, tmp_path):
     assert "p99 (ms)" in table and "inferences/s" in table
 
 
-def test_client_reads_stereo_flac_at_any_rate_as_inference_does(server, client_module, tmp_path):
-    """A 44.1 kHz stereo FLAC goes through the client's audio reading (resampled, channels
-    averaged, silence trimmed as the config says) and gets the transcript jasper.transcribe
-    (inference.py's library) gives for the same file."""
+def test_client_reads_stereo_flac_and_mp3_at_any_rate_as_inference_does(
+    server, client_module, tmp_path
+):
+    """A 44.1 kHz stereo FLAC, and an MP3 of it, go through the client's audio reading
+    (decoded, resampled, channels averaged, silence trimmed as the config says) and get the
+    transcripts jasper.transcribe (inference.py's library, its defaults) gives for the files."""
+    import av
     import soundfile as sf
     import soxr
 
@@ -335,13 +415,22 @@ def test_client_reads_stereo_flac_at_any_rate_as_inference_does(server, client_m
     mono, rate = sf.read(AUDIO / "goforward.wav", dtype="float32")
     resampled = soxr.resample(mono, rate, 44100)
     stereo = np.stack([resampled, 0.5 * resampled], axis=1)
-    path = tmp_path / "goforward_stereo.flac"
-    sf.write(path, stereo, 44100)
-    transcriber = Transcriber.from_checkpoint(SMALL_CKPT, SMALL_CONFIG, device="cpu", pad_leading=0)
-    expected = transcriber.transcribe_file(path).text
+    flac, mp3 = tmp_path / "goforward_stereo.flac", tmp_path / "goforward_stereo.mp3"
+    sf.write(flac, stereo, 44100)
+    with av.open(str(flac)) as inp, av.open(str(mp3), "w", format="mp3") as out:
+        stream = out.add_stream("libmp3lame", rate=44100)
+        stream.layout = "stereo"
+        convert = av.AudioResampler(format=stream.format, layout="stereo", rate=44100)
+        frames = [f for frame in inp.decode(audio=0) for f in convert.resample(frame)]
+        for frame in [*frames, *convert.resample(None), None]:
+            for packet in stream.encode(frame):
+                out.mux(packet)
+    transcriber = Transcriber.from_checkpoint(SMALL_CKPT, SMALL_CONFIG, device="cpu")
     client = client_module.SpeechClient(server["http"], "http", ENSEMBLES[1])
     try:
-        assert client.transcribe([client.load(path)]) == [expected]
+        for path in (flac, mp3):
+            expected = transcriber.transcribe_file(path).text
+            assert client.transcribe([client.load(path)]) == [expected], path
     finally:
         client.close()
 
@@ -357,33 +446,30 @@ def test_stop_server_leaves_no_server_or_stub_process(server):
 
 
 def test_gpu_repository_is_valid_triton_config_with_native_backends(exported, tmp_path):
-    """The NGC target (no GPU here to serve it): every config.pbtxt parses as Triton's
-    ModelConfig, the acoustic models use the native platforms on GPU instances, and the ensemble
-    wires the lengths from the extractor through the model to the decoder."""
+    """The NGC target (no GPU here to serve it): CPU traces are refused; with the exports marked
+    as traced on CUDA, every config.pbtxt parses as Triton's ModelConfig, the acoustic models use
+    the native platforms on GPU instances, and the ensemble wires the lengths from the extractor
+    through the model to the decoder."""
+    import shutil
+
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    done = _run(
-        [
-            sys.executable,
-            "triton/model_repository.py",
-            "--export_dir",
-            str(exported),
-            "--precision",
-            "fp32",
-            "--target",
-            "gpu",
-            "--backends",
-            "ts-trace",
-            "onnx",
-            "--output",
-            str(tmp_path / "repo"),
-            "--instances",
-            "2",
-        ]
+    refused = _model_repository(exported, "gpu", ["onnx"], tmp_path / "refused")
+    assert refused.returncode == 1 and "feature-extractor-ts-trace (cpu)" in refused.stderr
+    assert not (tmp_path / "refused").exists()
+    # The configs do not depend on where the files were traced: mark a copy as CUDA exports.
+    exported = shutil.copytree(exported, tmp_path / "cuda_export")
+    manifest_path = exported / "fp32" / "export.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["device"] = "cuda"
+    for f in manifest["files"]:
+        f["device"] = "cuda" if f["format"].startswith("ts-") else f["device"]
+    manifest_path.write_text(json.dumps(manifest))
+    done = _model_repository(
+        exported, "gpu", ["ts-trace", "onnx"], tmp_path / "repo", ("--instances", "2")
     )
     assert done.returncode == 0, done.stderr
-    assert "exported on cpu" in done.stderr  # TorchScript for the GPU must be traced on CUDA
     configs = {}
     for path in sorted((tmp_path / "repo").glob("*/config.pbtxt")):
         cfg = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
@@ -407,20 +493,5 @@ def test_gpu_repository_is_valid_triton_config_with_native_backends(exported, tm
     assert steps[1].input_map["input__1"] == steps[0].output_map["output__1"]
     assert steps[2].input_map["input__1"] == steps[1].output_map["output__1"]
     assert json.loads(ensemble.parameters["labels"].string_value) == LABELS
-    tensorrt = _run(
-        [
-            sys.executable,
-            "triton/model_repository.py",
-            "--export_dir",
-            str(exported),
-            "--precision",
-            "fp32",
-            "--target",
-            "gpu",
-            "--backends",
-            "tensorrt",
-            "--output",
-            str(tmp_path / "trt"),
-        ]
-    )
+    tensorrt = _model_repository(exported, "gpu", ["tensorrt"], tmp_path / "trt")
     assert tensorrt.returncode == 1 and "has no jasper-tensorrt" in tensorrt.stderr

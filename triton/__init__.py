@@ -1,13 +1,20 @@
-"""Forwarding stub: this folder holds the Triton Inference Server deployment, not OpenAI's Triton.
+"""Import guard: this folder is the Triton Inference Server deployment, not OpenAI's Triton.
 
-Upstream names the deployment folder ``triton/``, and every entry point runs with the repository
-root on ``sys.path``. A plain folder of that name would then be imported as a namespace package by
-anything that does ``import triton`` -- PyTorch does, to find the OpenAI Triton compiler, and on a
-machine without it (a CPU-only torch) ``torch._dynamo`` and even optimizer construction fail.
+Upstream names the deployment folder ``triton/``, and so does this repository. Wherever the
+repository root is on ``sys.path``, ``import triton`` finds this folder: ``python
+train.py`` and ``python inference.py`` put the root there (a script's own folder is
+``sys.path[0]``), and so do pytest (``pythonpath = ["."]``) and ``python -c`` or ``-m`` run from
+the root. PyTorch does ``import triton`` to find the OpenAI Triton compiler. Without this file,
+on a machine without that compiler (a CPU-only torch), the folder would import as an empty
+namespace package, torch would take it for the compiler, and ``torch._dynamo`` and even optimizer
+construction would fail; with an ordinary ``__init__.py`` it would hide the real compiler where
+that is installed.
 
-So importing ``triton`` from here loads the real OpenAI Triton when it is installed, and otherwise
-raises ImportError exactly as if this folder did not exist. The deployment code in this folder is
-run as scripts (``python triton/export.py``), never imported as ``triton.*``.
+So importing ``triton`` from here loads the real OpenAI Triton from the rest of ``sys.path`` when
+it is installed, and otherwise raises ImportError as if this folder were not there. The editable
+install (``pip install -e .``) maps only ``common``, ``jasper`` and ``utils``; the code in this
+folder is run as scripts (``python triton/export.py`` puts ``triton/`` itself on ``sys.path[0]``,
+so its modules import each other by plain name, e.g. ``deploy_modules``), never as ``triton.*``.
 """
 
 import importlib.machinery

@@ -1,20 +1,30 @@
-"""Transcribe recordings with a Triton server running a ``jasper-*-ensemble`` (spec 10).
+"""Transcribe recordings with a Triton server running a ``jasper-*-ensemble``.
+
+Upstream's client is ``triton/jasper-client.py`` with ``triton/speech_utils.py`` (NVIDIA
+DeepLearningExamples, ``PyTorch/SpeechRecognition/Jasper``); this one takes the same kind of inputs:
 
     python triton/client.py --url 127.0.0.1:8000 --protocol http --model jasper-onnx-ensemble \\
         data/audio/example1.wav data/audio/ [--dataset_dir DIR MANIFEST.json] [--batch_size 4]
 
-Inputs are audio files (WAV/FLAC/OGG, any sample rate, mono or multi-channel), folders (every
-audio file under them) and manifests (``*.json``, spec 9: the speed-1.0 file of each entry,
-relative to ``--dataset_dir``). Audio is read as ``inference.py`` reads it
+Inputs are audio files (WAV/FLAC/OGG/Opus/MP3/M4A, any sample rate, mono or multi-channel),
+folders (every audio file under them) and manifests (``*.json``, docs/upstream.md#manifests, as
+``utils/convert_librispeech.py`` writes them, read by :func:`common.dataset.read_manifests`: the
+speed-1.0 file of each entry, relative to ``--dataset_dir``). Audio is read as ``inference.py`` reads it
 (:func:`common.audio.load_audio` at the model's rate, channels averaged, silence trimmed when the
 model's config says so). Batches are padded with zeros after each recording's end and every
-recording sends its own length in ``NUM_SAMPLES`` (upstream padded with noise and sent the
-longest length for all, spec 14.33).
+recording sends its own length in ``NUM_SAMPLES`` (upstream's ``SpeechClient.recognize`` padded
+with Gaussian noise and sent the longest length for all).
 
 The server returns per-frame ids; they are CTC-collapsed here with the labels the ensemble's
 config carries (written there from the exported checkpoint), never a hard-coded list. Output: one
 ``<name>\\t<transcript>`` line per recording, as ``inference.py --transcribe_wav`` prints; with
 manifests, the corpus WER (:func:`common.metrics.word_error_rate`) on their transcripts.
+
+A recording the server would refuse is refused here, naming the file, before anything is sent:
+one that cannot be decoded, holds NaN or infinite samples, or is shorter or longer than the
+ensemble's ``min_num_samples``/``max_num_samples``. Such a file is reported on stderr and left
+out, the others are transcribed, and the exit status is 1. An error of the server names the files
+of the request.
 """
 
 from __future__ import annotations
@@ -25,8 +35,6 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
@@ -49,7 +57,9 @@ class ServedModel:
     labels: list[str]
     sample_rate: int
     trim_silence: bool
+    min_num_samples: int
     max_num_samples: int
+    pad_leading: int  # zero frames the served extractor puts in front (inference.py's)
     audio_dtype: type
     max_batch_size: int
 
@@ -66,7 +76,9 @@ class ServedModel:
             labels=json.loads(params["labels"]),
             sample_rate=int(params.get("sample_rate", "16000")),
             trim_silence=json.loads(params.get("trim_silence", "false")),
+            min_num_samples=int(params.get("min_num_samples", "1")),
             max_num_samples=int(params.get("max_num_samples", "0")),
+            pad_leading=int(params.get("pad_leading", "0")),
             audio_dtype=NUMPY_TYPES[audio["data_type"]],
             max_batch_size=int(cfg.get("max_batch_size", 0)),
         )
@@ -141,11 +153,17 @@ class SpeechClient:
 
     def transcribe(self, signals: Sequence[np.ndarray]) -> list[str]:
         """Transcripts of recordings (mono float32 at the model's rate), sent as one batch."""
-        ids = self.infer(*self.pad(signals))
-        blank = len(self.served.labels)
-        return [ctc_greedy_text(row.tolist(), self.served.labels, blank) for row in ids]
+        ids = self.infer(*self.pad(signals))  # the server has blanked the frames past each length
+        return [ctc_greedy_text(row.tolist(), self.served.labels) for row in ids]
 
     def load(self, path: str | Path, offset: float = 0.0, duration: float | None = None):
+        """The recording as the served model takes it (mono float32 at its rate, trimmed when its
+        config says so).
+
+        Raises:
+            common.audio.AudioLoadError: naming the file, when it cannot be read, holds NaN or
+                infinite samples, or has fewer or more samples than the ensemble serves.
+        """
         samples = load_audio(
             path,
             target_sr=self.served.sample_rate,
@@ -155,6 +173,21 @@ class SpeechClient:
         )
         if samples.size == 0:
             raise AudioLoadError(f"audio file {path} holds only silence")
+        rate, least, most = (
+            self.served.sample_rate,
+            self.served.min_num_samples,
+            self.served.max_num_samples,
+        )
+        if samples.size < least:
+            raise AudioLoadError(
+                f"{path}: {samples.size / rate:.3f} s of audio is too short to transcribe "
+                f"(at least {least} samples, {1000 * least / rate:.1f} ms at {rate} Hz)"
+            )
+        if most and samples.size > most:
+            raise AudioLoadError(
+                f"{path}: {samples.size / rate:.1f} s of audio is longer than the server takes "
+                f"({most / rate:.1f} s: model_repository.py --max_duration)"
+            )
         return samples
 
     def close(self) -> None:
@@ -232,10 +265,24 @@ def main(argv: list[str] | None = None) -> int:
                 f"--batch_size {size} exceeds the model's max_batch_size "
                 f"{client.served.max_batch_size}"
             )
-        lines, hypotheses, references = [], [], []
+        lines, hypotheses, references, skipped = [], [], [], 0
         for batch in batched(items, size):
-            signals = [client.load(it.path, it.offset, it.duration) for it in batch]
-            for item, text in zip(batch, client.transcribe(signals), strict=True):
+            loaded, signals = [], []
+            for item in batch:
+                try:
+                    signals.append(client.load(item.path, item.offset, item.duration))
+                    loaded.append(item)
+                except AudioLoadError as e:  # reported and left out; the others go on
+                    print(f"error: {e}", file=sys.stderr)
+                    skipped += 1
+            if not loaded:
+                continue
+            try:
+                texts = client.transcribe(signals)
+            except ClientError as e:
+                names = ", ".join(it.name for it in loaded)
+                raise ClientError(f"request with {names}: {e}") from e
+            for item, text in zip(loaded, texts, strict=True):
                 print(f"{item.name}\t{text}", flush=True)
                 lines.append(f"{item.name}\t{text}\n")
                 if item.reference is not None:
@@ -254,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.save_predictions:
         Path(args.save_predictions).parent.mkdir(parents=True, exist_ok=True)
         Path(args.save_predictions).write_text("".join(lines), encoding="utf-8")
+    if skipped:
+        print(f"error: {skipped} of {len(items)} recordings left out (above)", file=sys.stderr)
+        return 1
     return 0
 
 

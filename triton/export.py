@@ -1,4 +1,8 @@
-"""Export a checkpoint's feature extractor, acoustic model and greedy decoder for serving (spec 10).
+"""Export a checkpoint's feature extractor, acoustic model and greedy decoder for serving.
+
+The counterpart of upstream's ``triton/converter.py`` with ``triton/jasper_module.py`` (NVIDIA
+DeepLearningExamples, ``PyTorch/SpeechRecognition/Jasper``), driven by their
+``triton/scripts/export_model.sh`` as ours is:
 
     python triton/export.py --ckpt CKPT [--model_config YAML] [--ema] --export_dir triton/model_repo \\
         --convert feature-extractor decoder ts-trace onnx tensorrt --precisions fp32 fp16
@@ -10,19 +14,25 @@ writes ``<export_dir>/<precision>/<model name>/1/model.{pt,onnx,plan}`` (upstrea
 ``--convert`` takes upstream's words: ``feature-extractor`` and ``decoder`` (TorchScript:
 ``feature-extractor-ts-trace``, ``decoder-ts-script``), ``ts-trace``, ``onnx`` and ``tensorrt``
 (the acoustic model: ``jasper-ts-trace``, ``jasper-onnx``, ``jasper-tensorrt``), and also model
-names, e.g. ``feature-extractor-onnx`` and ``decoder-onnx``, the ONNX forms upstream lacked.
+names, e.g. ``feature-extractor-onnx`` and ``decoder-onnx``, the ONNX forms upstream lacked. The
+default is exactly what ``model_repository.py`` serves; the two ONNX forms serve no model of the
+repository and are written only when named. :data:`EXPORTS` is the table of model name ->
+component and format that the export loops over.
 
 Every file is checked right after export against the PyTorch module on real recordings
 (``--check_audio``), each alone and three of them padded into one batch: the extractor's features
-and lengths against :class:`common.features.FilterbankFeatures`; the acoustic model's log-probs
+and lengths against :class:`common.features.FilterbankFeatures` run on each recording alone, with
+``--pad_leading`` zero frames in front (inference.py's default, 16: the served ensemble transcribes
+as ``inference.py`` and ``scripts/inference.sh`` do with their defaults); the acoustic model's log-probs
 against the checkpoint's :class:`jasper.model.Jasper` (fp32: within ``--tolerance``; fp16: the same
 greedy transcripts as the PyTorch model run in fp16, upstream's ``.half()``); the decoder's ids
 exactly. A failed check removes nothing but exits non-zero, naming the file and the difference.
 
 fp16 exports run on the CPU too (TorchScript and ONNX Runtime have the fp16 kernels they need).
 TorchScript files are traced on ``--device``: a file traced on the CPU holds CPU constants and
-serves on the CPU (the Python-backend server); export on CUDA for Triton's libtorch backend on a
-GPU. The TensorRT engine is built from the ONNX file with the TensorRT 8.6/10 Python API (one
+serves on the CPU (the Python-backend server) only; the manifest records each file's device and
+``model_repository.py --target gpu`` refuses CPU traces. Export on CUDA for Triton's libtorch
+backend on a GPU. The TensorRT engine is built from the ONNX file with the TensorRT 8.6/10 Python API (one
 optimisation profile over batch and time) when ``tensorrt`` imports, else a message says why not.
 """
 
@@ -37,10 +47,9 @@ import math
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch
@@ -50,6 +59,8 @@ from deploy_modules import (
     FEATURE_EXTRACTOR,
     FILE_NAMES,
     PRECISIONS,
+    SERVED_DECODER,
+    SERVED_EXTRACTOR,
     AcousticModel,
     ExportedFile,
     ExportManifest,
@@ -62,20 +73,19 @@ from torch import nn
 from common.audio import AudioLoadError, load_audio
 from common.checkpoint import CheckpointError
 from common.features import FilterbankFeatures
-from common.metrics import ctc_greedy_text
 from jasper import config
 from jasper.model import Jasper, MaskedConv1d, greedy_decode
-from jasper.transcribe import audio_files, load_model
+from jasper.transcribe import audio_files, load_model, shortest_audio
 
-CONVERT_WORDS = {
-    "feature-extractor": FEATURE_EXTRACTOR["ts-trace"],
-    "decoder": DECODER["ts-script"],
+CONVERT_WORDS = {  # upstream's words: what model_repository.py serves
+    "feature-extractor": SERVED_EXTRACTOR,
+    "decoder": SERVED_DECODER,
     "ts-trace": ACOUSTIC_MODEL["ts-trace"],
     "onnx": ACOUSTIC_MODEL["onnx"],
     "tensorrt": ACOUSTIC_MODEL["tensorrt"],
 }
-ALL_NAMES = [*FEATURE_EXTRACTOR.values(), *ACOUSTIC_MODEL.values(), *DECODER.values()]
 FEATURE_TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2}  # features are O(1): STFT implementations differ
+PAD_LEADING = 16  # inference.py's --pad_leading default (upstream's): tests/test_serving_input.py
 FP16_LOG_PROB_TOLERANCE = 0.05  # measured: 0.018 on the reference model, TorchScript and ONNX
 CHECK_BATCH = 3  # recordings padded into one batch for the batch check
 
@@ -105,9 +115,15 @@ def get_parser() -> argparse.ArgumentParser:
         "--convert",
         nargs="+",
         default=["feature-extractor", "decoder", "ts-trace", "onnx", "tensorrt"],
-        help=f"what to export: {', '.join(CONVERT_WORDS)}, or model names ({', '.join(ALL_NAMES)})",
+        help=f"what to export: {', '.join(CONVERT_WORDS)}, or model names ({', '.join(EXPORTS)})",
     )
     p.add_argument("--precisions", nargs="+", default=["fp16", "fp32"], choices=sorted(PRECISIONS))
+    p.add_argument(
+        "--pad_leading",
+        type=int,
+        default=PAD_LEADING,
+        help="zero feature frames the extractor puts in front (inference.py's --pad_leading)",
+    )
     p.add_argument(
         "--device",
         default="auto",
@@ -187,8 +203,10 @@ class Recordings:
 # --------------------------------------------------------------------------------------------
 # Runners: one call signature for a PyTorch module, a TorchScript file, an ONNX file, an engine
 
+Runner = Callable[..., tuple[torch.Tensor, ...]]
 
-def run_torchscript(path: Path, device: torch.device):
+
+def run_torchscript(path: Path, device: torch.device) -> Runner:
     module = torch.jit.load(str(path), map_location=device).eval()
 
     def run(*inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -199,7 +217,7 @@ def run_torchscript(path: Path, device: torch.device):
     return run
 
 
-def run_onnx(path: Path, device: torch.device):
+def run_onnx(path: Path, device: torch.device) -> Runner:
     import onnxruntime as ort
 
     providers = ["CPUExecutionProvider"]
@@ -217,7 +235,7 @@ def run_onnx(path: Path, device: torch.device):
     return run
 
 
-def run_tensorrt(path: Path, device: torch.device):
+def run_tensorrt(path: Path, device: torch.device) -> Runner:
     """Runs an engine with torch CUDA tensors as buffers (TensorRT 10 tensor-address API)."""
     import tensorrt as trt
 
@@ -361,6 +379,7 @@ class References:
 
     batches: list[Recordings]
     extractor: FilterbankFeatures  # eval mode, on the CPU
+    pad_leading: int
     features: list[tuple[torch.Tensor, torch.Tensor]]  # (B, F, T), (B,)
     log_probs: list[tuple[torch.Tensor, torch.Tensor]]  # (B, T_enc, K), (B,)
 
@@ -375,8 +394,29 @@ def masked_reference(model: Jasper) -> Jasper:
     return ref
 
 
+@torch.inference_mode()
+def features_alone(
+    features: FilterbankFeatures, audio: torch.Tensor, lens: torch.Tensor, pad_leading: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the extractor must give a padded batch (B, N): each recording's features as
+    FilterbankFeatures computes them for the recording alone, after ``pad_leading`` zero frames
+    and followed by zeros, in (B, F, T) with T the extractor's (1 + N // hop + pad_leading frames,
+    rounded up to a multiple of pad_align); and the lengths, ``pad_leading`` included."""
+    frames = audio.size(1) // features.hop_length + 1 + pad_leading
+    align = max(int(features.pad_align), 1)
+    out = torch.zeros(audio.size(0), features.n_filt, align * math.ceil(frames / align))
+    for i, n in enumerate(lens.tolist()):
+        f, fl = features(audio[i : i + 1, :n], torch.tensor([n], device=audio.device))
+        out[i, :, pad_leading : pad_leading + int(fl[0])] = f[0, :, : int(fl[0])].float()
+    return out.to(audio.dtype), features.feature_lengths(lens.cpu()) + pad_leading
+
+
 def compute_references(
-    model: Jasper, features: FilterbankFeatures, recordings: Recordings, device: torch.device
+    model: Jasper,
+    features: FilterbankFeatures,
+    recordings: Recordings,
+    device: torch.device,
+    pad_leading: int = PAD_LEADING,
 ) -> References:
     batches = recordings.batches()
     extractor = features.eval().to(device)
@@ -384,16 +424,11 @@ def compute_references(
     feats, log_probs = [], []
     with torch.inference_mode():
         for b in batches:
-            f, fl = extractor(b.audio.to(device), b.lens.to(device))
-            lp, el = ref(f, fl)
+            f, fl = features_alone(extractor, b.audio.to(device), b.lens.to(device), pad_leading)
+            lp, el = ref(f.to(device), fl.to(device))
             feats.append((f.cpu(), fl.cpu()))
             log_probs.append((lp.cpu(), el.cpu()))
-    return References(batches, extractor.cpu(), feats, log_probs)
-
-
-def decode_texts(log_probs: torch.Tensor, lens: torch.Tensor, labels: list[str]) -> list[str]:
-    ids = greedy_decode(log_probs, lens)
-    return [ctc_greedy_text(ids[i, : int(lens[i])].tolist(), labels) for i in range(ids.size(0))]
+    return References(batches, extractor.cpu(), pad_leading, feats, log_probs)
 
 
 def near_tie_mismatches(
@@ -413,13 +448,13 @@ def near_tie_mismatches(
     return differing, clear
 
 
-def check_feature_extractor(run, refs: References, precision: str) -> dict:
-    """Against FilterbankFeatures on the same input: in fp16 the audio itself is rounded, which
-    moves the log-mel of quiet frames far more than the arithmetic does."""
+def check_feature_extractor(run: Runner, refs: References, precision: str) -> dict:
+    """Against FilterbankFeatures on each recording of the same input alone, after the leading
+    zero frames (:func:`features_alone`): in fp16 the audio itself is rounded, which moves the
+    log-mel of quiet frames far more than the arithmetic does."""
     dtype, worst = PRECISIONS[precision], 0.0
     for b in refs.batches:
-        with torch.inference_mode():
-            f_ref, l_ref = refs.extractor(b.audio.to(dtype), b.lens)
+        f_ref, l_ref = features_alone(refs.extractor, b.audio.to(dtype), b.lens, refs.pad_leading)
         f, fl = run(b.audio.to(dtype), b.lens)
         if tuple(f.shape) != tuple(f_ref.shape) or not torch.equal(fl.long(), l_ref.long()):
             raise ExportError(
@@ -432,7 +467,7 @@ def check_feature_extractor(run, refs: References, precision: str) -> dict:
     return {"max_abs_feature_diff": worst, "batches": len(refs.batches)}
 
 
-def check_acoustic_model(run, refs: References, precision: str, tolerance: float) -> dict:
+def check_acoustic_model(run: Runner, refs: References, precision: str, tolerance: float) -> dict:
     """fp32: log-probs within ``tolerance`` of the PyTorch model. fp16: within
     ``FP16_LOG_PROB_TOLERANCE``, and the same greedy ids except at near-ties of the fp32 model
     (on a randomly initialised model two fp16 implementations disagree there; on a trained model
@@ -464,7 +499,7 @@ def check_acoustic_model(run, refs: References, precision: str, tolerance: float
     }
 
 
-def check_decoder(run, refs: References) -> dict:
+def check_decoder(run: Runner, refs: References) -> dict:
     for lp, el in refs.log_probs:
         (ids,) = run(lp, el.to(torch.int32))
         if not torch.equal(ids.long(), greedy_decode(lp, el).long()):
@@ -479,7 +514,7 @@ def requested_names(convert: list[str]) -> list[str]:
     names = []
     for word in convert:
         name = CONVERT_WORDS.get(word, word)
-        if name not in ALL_NAMES:
+        if name not in EXPORTS:
             raise ExportError(f"--convert {word}: use {', '.join(CONVERT_WORDS)} or model names")
         if name not in names:
             names.append(name)
@@ -503,6 +538,215 @@ def tensorrt_available() -> str | None:
     return None
 
 
+# --------------------------------------------------------------------------------------------
+# The export table: model name -> component x format
+
+
+@dataclass
+class ExportJob:
+    """What the exports of one precision share: the modules, the check data, where files go."""
+
+    args: argparse.Namespace
+    precision: str
+    model: Jasper
+    features: FilterbankFeatures
+    refs: References
+    device: torch.device
+    out_dir: Path
+    metadata: dict
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return PRECISIONS[self.precision]
+
+    def path(self, name: str) -> Path:
+        return self.out_dir / name / "1" / FILE_NAMES[EXPORTS[name].fmt]
+
+
+# The examples are the padded check batch (the last one): its batch and time axes are both > 1.
+
+
+def extractor_example(job: ExportJob) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    b = job.refs.batches[-1]
+    inputs = (b.audio.to(job.device, job.dtype), b.lens.to(job.device))
+    module = FeatureExtractor(job.features, job.refs.pad_leading)
+    return module.to(job.device), inputs
+
+
+def acoustic_example(job: ExportJob) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    feats, lens = job.refs.features[-1]
+    inputs = (feats.to(job.device, job.dtype), lens.to(job.device, torch.int32))
+    return AcousticModel(job.model, job.dtype).to(job.device), inputs
+
+
+def decoder_example(job: ExportJob) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    log_probs, lens = job.refs.log_probs[-1]
+    return GreedyDecoder(), (log_probs, lens.to(torch.int32))
+
+
+@dataclass(frozen=True)
+class Component:
+    """One stage of the served pipeline: its export-ready module with example inputs, the ONNX
+    outputs and dynamic axes (input by input), and the check against PyTorch."""
+
+    name: str  # feature-extractor | acoustic-model | decoder
+    example: Callable[[ExportJob], tuple[nn.Module, tuple[torch.Tensor, ...]]]
+    outputs: tuple[str, ...]
+    dynamic_axes: tuple[dict[int, str], ...]
+    check: Callable[[Runner, ExportJob], dict]
+    # The onnxscript optimizer drops the extractor's ``+ 1e-20`` before the log (it rounds the
+    # constant to zero), which turns silent frames into -inf and NaN features.
+    onnx_optimize: bool = True
+
+
+EXTRACTOR = Component(
+    "feature-extractor",
+    extractor_example,
+    ("output__0", "output__1"),
+    ({0: "batch", 1: "samples"}, {0: "batch"}),
+    lambda run, job: check_feature_extractor(run, job.refs, job.precision),
+    onnx_optimize=False,
+)
+ACOUSTIC = Component(
+    "acoustic-model",
+    acoustic_example,
+    ("output__0", "output__1"),
+    ({0: "batch", 2: "frames"}, {0: "batch"}),
+    lambda run, job: check_acoustic_model(run, job.refs, job.precision, job.args.tolerance),
+)
+DECODING = Component(
+    "decoder",
+    decoder_example,
+    ("output__0",),
+    ({0: "batch", 1: "enc_frames"}, {0: "batch"}),
+    lambda run, job: check_decoder(run, job.refs),
+)
+
+
+def export_trace(job: ExportJob, component: Component, path: Path) -> Runner:
+    module, inputs = component.example(job)
+    save_torchscript(module, inputs, path, False, job.metadata)
+    return run_torchscript(path, job.device)
+
+
+def export_script(job: ExportJob, component: Component, path: Path) -> Runner:
+    module, inputs = component.example(job)
+    save_torchscript(module, inputs, path, True, job.metadata)
+    return run_torchscript(path, job.device)
+
+
+def export_onnx(job: ExportJob, component: Component, path: Path) -> Runner:
+    module, inputs = component.example(job)
+    dims = {}  # one Dim per axis name: inputs that share a name share the size
+    dynamic_shapes = tuple(
+        {axis: dims.setdefault(n, torch.export.Dim(n)) for axis, n in axes.items()}
+        for axes in component.dynamic_axes
+    )
+    input_names = [f"input__{i}" for i in range(len(inputs))]
+    save_onnx(
+        module,
+        inputs,
+        path,
+        input_names,
+        list(component.outputs),
+        dynamic_shapes,
+        job.metadata,
+        optimize=component.onnx_optimize,
+    )
+    return run_onnx(path, job.device)
+
+
+def export_tensorrt(job: ExportJob, component: Component, path: Path) -> Runner:
+    """The engine from the acoustic model's ONNX file (exported first, ``requested_names``), with
+    one profile from ``--trt_min_duration``/``--trt_opt_duration``/``--max_duration`` and the
+    ``--trt_*_batch`` sizes."""
+    args, n_mels = job.args, int(job.features.n_filt)
+    seconds = (args.trt_min_duration, args.trt_opt_duration, args.max_duration)
+    frames = [frames_for_seconds(s, job.features) for s in seconds]
+    batches = (1, args.trt_opt_batch, args.trt_max_batch)
+    profile = {
+        "input__0": tuple((b, n_mels, t) for b, t in zip(batches, frames, strict=True)),
+        "input__1": tuple((b,) for b in batches),
+    }
+    onnx_path = job.path(ACOUSTIC_MODEL["onnx"])
+    fp16 = job.precision == "fp16"
+    build_tensorrt_engine(onnx_path, path, n_mels, fp16, profile, args.workspace_mb)
+    return run_tensorrt(path, job.device)
+
+
+@dataclass(frozen=True)
+class Export:
+    """One row of the table: the component, the file format, the function that writes the file
+    and returns a runner for it, and why it cannot be built here (None: it can)."""
+
+    component: Component
+    fmt: str
+    write: Callable[[ExportJob, Component, Path], Runner]
+    unavailable: Callable[[], str | None] = lambda: None
+
+
+EXPORTS: dict[str, Export] = {
+    FEATURE_EXTRACTOR["ts-trace"]: Export(EXTRACTOR, "ts-trace", export_trace),
+    FEATURE_EXTRACTOR["onnx"]: Export(EXTRACTOR, "onnx", export_onnx),
+    ACOUSTIC_MODEL["ts-trace"]: Export(ACOUSTIC, "ts-trace", export_trace),
+    ACOUSTIC_MODEL["onnx"]: Export(ACOUSTIC, "onnx", export_onnx),
+    ACOUSTIC_MODEL["tensorrt"]: Export(ACOUSTIC, "tensorrt", export_tensorrt, tensorrt_available),
+    DECODER["ts-script"]: Export(DECODING, "ts-script", export_script),
+    DECODER["onnx"]: Export(DECODING, "onnx", export_onnx),
+}
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def open_manifest(out_dir: Path, fields: dict) -> ExportManifest:
+    """The precision's manifest with ``fields`` set. The files it lists are kept when they come
+    from the same checkpoint, weights and labels (this export adds to them), else dropped."""
+    try:
+        manifest = ExportManifest.load(out_dir)
+    except (FileNotFoundError, TypeError, json.JSONDecodeError):
+        return ExportManifest(**fields)
+    if any(
+        getattr(manifest, k) != fields[k] for k in ("labels", "checkpoint", "ema", "pad_leading")
+    ):
+        manifest.files = []  # other weights or another extractor: the files listed are stale
+    for k, v in fields.items():
+        setattr(manifest, k, v)
+    return manifest
+
+
+def file_metadata(manifest: ExportManifest) -> dict:
+    """What every exported file carries (TorchScript extra file, ONNX ``metadata_props``)."""
+    keys = (
+        "labels", "sample_rate", "trim_silence", "pad_leading", "precision", "checkpoint", "ema",
+    )  # fmt: skip
+    return {k: getattr(manifest, k) for k in keys}
+
+
+def export_file(job: ExportJob, name: str) -> ExportedFile | None:
+    """Writes one model's file and checks it; None, with a message, when it cannot be built here."""
+    export = EXPORTS[name]
+    reason = export.unavailable()
+    if reason is not None:
+        print(f"{job.precision}: {name} not built: {reason}")
+        return None
+    t0 = time.perf_counter()
+    path = job.path(name)
+    check = export.component.check(export.write(job, export.component, path), job)
+    summary = ", ".join(
+        f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in check.items()
+    )
+    print(f"{job.precision}: {path} checked ({summary}) in {time.perf_counter() - t0:.1f} s")
+    relative = str(path.relative_to(job.out_dir))
+    device = job.device.type if export.fmt in ("ts-trace", "ts-script") else "any"
+    if export.fmt == "ts-trace" and job.device.type != "cuda":
+        print(
+            f"{job.precision}: {name} is traced on {job.device.type}: it serves on the CPU "
+            "(model_repository.py --target cpu) only; export with --device cuda for a GPU"
+        )
+    return ExportedFile(name, export.component.name, export.fmt, relative, check, device)
+
+
 def export_precision(
     args: argparse.Namespace,
     precision: str,
@@ -514,147 +758,29 @@ def export_precision(
 ) -> ExportManifest:
     dataset_kw, features_kw = config.input(cfg, "val")
     features = FilterbankFeatures(**features_kw)
-    labels = list(cfg["labels"])
     out_dir = Path(args.export_dir) / precision
     out_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        manifest = ExportManifest.load(out_dir)
-        same = (manifest.labels, manifest.checkpoint, manifest.ema) == (
-            labels,
-            str(args.ckpt),
-            bool(args.ema),
-        )
-        if not same:
-            manifest.files = []  # other weights: the files listed are stale
-    except (FileNotFoundError, TypeError, json.JSONDecodeError):
-        manifest = None
-    manifest_fields = dict(
+    fields = dict(
         checkpoint=str(args.ckpt),
         ema=bool(args.ema),
         precision=precision,
         device=device.type,
-        labels=labels,
+        labels=list(cfg["labels"]),
         sample_rate=int(dataset_kw["sample_rate"]),
         trim_silence=bool(dataset_kw["trim_silence"]),
         n_mels=int(features.n_filt),
         max_duration=float(args.max_duration),
+        pad_leading=int(args.pad_leading),
+        min_num_samples=shortest_audio(features),
     )
-    if manifest is None:
-        manifest = ExportManifest(**manifest_fields)
-    else:
-        for k, v in manifest_fields.items():
-            setattr(manifest, k, v)
-    metadata = {
-        "labels": labels,
-        "sample_rate": manifest.sample_rate,
-        "trim_silence": manifest.trim_silence,
-        "precision": precision,
-        "checkpoint": str(args.ckpt),
-        "ema": bool(args.ema),
-    }
-    dtype = PRECISIONS[precision]
-    example = refs.batches[-1]  # the padded batch: batch and time axes both > 1
-    ex_feats, ex_lens = refs.features[-1]
-    ex_lp, ex_el = refs.log_probs[-1]
-    dyn_b, dyn_n = torch.export.Dim("batch"), torch.export.Dim("samples")
-    dyn_t, dyn_te = torch.export.Dim("frames"), torch.export.Dim("enc_frames")
-
+    manifest = open_manifest(out_dir, fields)
+    metadata = file_metadata(manifest)
+    job = ExportJob(args, precision, model, features, refs, device, out_dir, metadata)
     for name in names:
-        t0 = time.perf_counter()
-        fmt = next(f for f in FILE_NAMES if name.endswith("-" + f))
-        path = out_dir / name / "1" / FILE_NAMES[fmt]
-        if name in FEATURE_EXTRACTOR.values():
-            component = "feature-extractor"
-            module = FeatureExtractor(features).to(device)
-            inputs = (example.audio.to(device, dtype), example.lens.to(device))
-            if fmt == "ts-trace":
-                save_torchscript(module, inputs, path, False, metadata)
-                runner = run_torchscript(path, device)
-            else:
-                # The onnxscript optimizer drops the ``+ 1e-20`` before the log (it rounds the
-                # constant to zero), which turns silent frames into -inf and NaN features.
-                save_onnx(
-                    module,
-                    inputs,
-                    path,
-                    ["input__0", "input__1"],
-                    ["output__0", "output__1"],
-                    ({0: dyn_b, 1: dyn_n}, {0: dyn_b}),
-                    metadata,
-                    optimize=False,
-                )
-                runner = run_onnx(path, device)
-            check = check_feature_extractor(runner, refs, precision)
-        elif name in ACOUSTIC_MODEL.values():
-            component = "acoustic-model"
-            if fmt == "tensorrt":
-                reason = tensorrt_available()
-                if reason is not None:
-                    print(f"{precision}: {name} not built: {reason}")
-                    continue
-                frames = [
-                    frames_for_seconds(s, features)
-                    for s in (args.trt_min_duration, args.trt_opt_duration, args.max_duration)
-                ]
-                batches = (1, args.trt_opt_batch, args.trt_max_batch)
-                profile = {
-                    "input__0": tuple(
-                        (b, manifest.n_mels, t) for b, t in zip(batches, frames, strict=True)
-                    ),
-                    "input__1": tuple((b,) for b in batches),
-                }
-                build_tensorrt_engine(
-                    out_dir / ACOUSTIC_MODEL["onnx"] / "1" / FILE_NAMES["onnx"],
-                    path,
-                    manifest.n_mels,
-                    precision == "fp16",
-                    profile,
-                    args.workspace_mb,
-                )
-                runner = run_tensorrt(path, device)
-            else:
-                module = AcousticModel(model, dtype).to(device)
-                inputs = (ex_feats.to(device, dtype), ex_lens.to(device, torch.int32))
-                if fmt == "ts-trace":
-                    save_torchscript(module, inputs, path, False, metadata)
-                    runner = run_torchscript(path, device)
-                else:
-                    save_onnx(
-                        module,
-                        inputs,
-                        path,
-                        ["input__0", "input__1"],
-                        ["output__0", "output__1"],
-                        ({0: dyn_b, 2: dyn_t}, {0: dyn_b}),
-                        metadata,
-                    )
-                    runner = run_onnx(path, device)
-            check = check_acoustic_model(runner, refs, precision, args.tolerance)
-        else:
-            component = "decoder"
-            module = GreedyDecoder()
-            inputs = (ex_lp, ex_el.to(torch.int32))
-            if fmt == "ts-script":
-                save_torchscript(module, inputs, path, True, metadata)
-                runner = run_torchscript(path, device)
-            else:
-                save_onnx(
-                    module,
-                    inputs,
-                    path,
-                    ["input__0", "input__1"],
-                    ["output__0"],
-                    ({0: dyn_b, 1: dyn_te}, {0: dyn_b}),
-                    metadata,
-                )
-                runner = run_onnx(path, device)
-            check = check_decoder(runner, refs)
-        manifest.add(ExportedFile(name, component, fmt, str(path.relative_to(out_dir)), check))
-        manifest.save(out_dir)
-        summary = ", ".join(
-            f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in check.items()
-        )
-        print(f"{precision}: {path} checked ({summary}) in {time.perf_counter() - t0:.1f} s")
+        exported = export_file(job, name)
+        if exported is not None:
+            manifest.add(exported)
+            manifest.save(out_dir)
     return manifest
 
 
@@ -694,7 +820,10 @@ def run(args: argparse.Namespace) -> list[ExportManifest]:
     )
     if not math.isfinite(args.max_duration) or args.max_duration <= 0:
         raise ExportError("--max_duration must be a positive number of seconds")
-    refs = compute_references(model, FilterbankFeatures(**features_kw), recordings, device)
+    if args.pad_leading < 0:
+        raise ExportError("--pad_leading must be 0 or more frames")
+    features = FilterbankFeatures(**features_kw)
+    refs = compute_references(model, features, recordings, device, args.pad_leading)
     manifests = []
     for precision in args.precisions:
         manifests.append(export_precision(args, precision, names, model, cfg, refs, device))

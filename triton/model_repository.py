@@ -1,4 +1,8 @@
-"""Build a Triton model repository from ``export.py``'s files (spec 10).
+"""Build a Triton model repository from ``export.py``'s files.
+
+Generated where upstream (NVIDIA DeepLearningExamples, ``PyTorch/SpeechRecognition/Jasper``) kept
+fixed files: its ``triton/model_repo_configs/{fp16,fp32}/*/config.pbtxt``, copied and linked by
+``triton/scripts/prepare_model_repository.sh``.
 
     python triton/model_repository.py --export_dir triton/model_repo --precision fp16 \\
         --target gpu --backends ts-trace onnx tensorrt --output triton/deploy/model_repo
@@ -6,23 +10,32 @@
 Targets:
 
 - ``gpu``: the NGC Triton container on a GPU machine. Native backends: ``pytorch_libtorch`` for the
-  TorchScript files (export them on CUDA), ``onnxruntime_onnx``, ``tensorrt_plan``; the acoustic
-  models get ``instance_group { kind: KIND_GPU }``.
+  TorchScript files, ``onnxruntime_onnx``, ``tensorrt_plan``; the acoustic models get
+  ``instance_group { kind: KIND_GPU }``. TorchScript traced on the CPU is refused (an error, not
+  a warning): a trace holds the device of every tensor it creates, and the CPU constants fail on
+  the GPU; export with ``--device cuda`` (``DEVICE=cuda``) on a GPU machine.
 - ``cpu``: the ``tritonserver`` that the PyPI package ``nvidia-pytriton`` bundles (development and
   CI; ``triton/scripts/setup_server.sh``). It has only the Python backend, so each component is a
   Python-backend model (``triton/python_backend/model.py``) running the exported TorchScript or
   ONNX file. No TensorRT there.
 
-Models and ensembles keep upstream's names: ``feature-extractor-ts-trace``, ``decoder-ts-script``,
+Models and ensembles keep upstream's names: ``feature-extractor-ts-trace`` and ``decoder-ts-script``
+(the extractor and decoder of every ensemble, ``deploy_modules.SERVED_*``),
 ``jasper-{ts-trace,onnx,tensorrt}`` and ``jasper-{ts-trace,onnx,tensorrt}-ensemble``. An ensemble
 takes ``AUDIO_SIGNAL`` (B, N) and ``NUM_SAMPLES`` (B, 1) and returns ``TRANSCRIPT`` (B, T_enc): the
 per-frame argmax ids, the blank past each utterance's length, for the client to CTC-collapse.
 Unlike upstream, the lengths go through the pipeline (extractor -> acoustic model -> decoder), so
 each utterance of a padded batch gets its own result. The ensemble's ``parameters`` carry what a
 client needs to prepare audio and read the ids: ``labels`` (JSON), ``sample_rate``,
-``trim_silence``, ``max_num_samples``, ``precision``.
+``trim_silence``, ``min_num_samples`` and ``max_num_samples`` (the audio the server accepts),
+``pad_leading`` (the zero frames the extractor puts in front, as ``inference.py --pad_leading``),
+``precision``. On the cpu target each component's parameters also say what its Python backend
+checks (``length_axis``, ``min_length``, ``max_length``, ``input_labels``: see
+``python_backend/model.py``).
 
-The version folders link to the exported files (``--copy`` copies them instead).
+The version folders link to the exported files (``--copy`` copies them instead). ``--output`` is
+replaced when it is a repository this script wrote (it leaves a ``REPOSITORY_MARK`` file there)
+or empty; any other existing folder is kept unless ``--overwrite`` says to delete it.
 """
 
 from __future__ import annotations
@@ -35,9 +48,7 @@ import shutil
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from deploy_modules import ACOUSTIC_MODEL, DECODER, FEATURE_EXTRACTOR, ExportManifest
+from deploy_modules import ACOUSTIC_MODEL, SERVED_DECODER, SERVED_EXTRACTOR, ExportManifest
 
 HERE = Path(__file__).resolve().parent
 PYTHON_MODEL = HERE / "python_backend" / "model.py"
@@ -46,6 +57,8 @@ PLATFORMS = {"ts-trace": "pytorch_libtorch", "ts-script": "pytorch_libtorch",
              "onnx": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}  # fmt: skip
 FILE_FORMATS = {"ts-trace": "torchscript", "ts-script": "torchscript", "onnx": "onnx"}
 COMPONENT_MAX_BATCH = 64  # upstream's max_batch_size of the extractor and the decoder
+LENGTHS = ("TYPE_INT32", [1], [])  # lengths: (B, 1) in the config, (B,) for the model
+REPOSITORY_MARK = ".jasper_model_repository"  # in every repository this script writes
 
 
 class Enum(str):
@@ -127,6 +140,12 @@ def get_parser() -> argparse.ArgumentParser:
         "--cpu_threads", type=int, default=0, help="threads per Python-backend model (0: default)"
     )
     p.add_argument("--copy", action="store_true", help="copy the exported files, not link them")
+    p.add_argument(
+        "--overwrite",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="delete an existing --output folder that this script did not write",
+    )
     return p
 
 
@@ -195,139 +214,200 @@ def write_model(
     (repo / name / "config.pbtxt").write_text(to_pbtxt(cfg) + "\n")
 
 
-def build(args: argparse.Namespace) -> Path:
+def python_params(
+    args: argparse.Namespace,
+    manifest: ExportManifest,
+    name: str,
+    labels: tuple[str, str],
+    length_axis: int,
+    min_length: int = 1,
+    max_length: int = 0,
+) -> dict[str, str]:
+    """The Python-backend model's parameters (cpu target): the file it runs and its format, and
+    what it checks: the inputs' names for the messages, and the lengths (the second input) in
+    ``[min_length, size]`` of the first input along ``length_axis``, at most ``max_length``."""
+    if args.target != "cpu":
+        return {}
+    exported = manifest.find(name)
+    if exported is None:
+        return {}  # write_model says what to export
+    params = {"artifact": Path(exported.file).name, "format": FILE_FORMATS[exported.format]}
+    if args.cpu_threads > 0:
+        params["cpu_threads"] = str(args.cpu_threads)
+    params.update(
+        input_labels=json.dumps(list(labels)),
+        length_axis=str(length_axis),
+        min_length=str(min_length),
+        max_length=str(max_length),
+    )
+    return params
+
+
+def served_configs(
+    args: argparse.Namespace, manifest: ExportManifest, max_samples: int
+) -> list[tuple[dict, str]]:
+    """``(config, format)`` of every model the ensembles run: the extractor, the decoder, and the
+    acoustic model of each of ``--backends``."""
+    dtype, k = TRITON_TYPES[args.precision], manifest.n_classes
+    component_batch = max(COMPONENT_MAX_BATCH, args.max_batch_size)
+    extractor = model_config(
+        SERVED_EXTRACTOR,
+        "ts-trace",
+        args,
+        [_io("input__0", dtype, [-1]), _io("input__1", *LENGTHS)],
+        [_io("output__0", dtype, [manifest.n_mels, -1]), _io("output__1", *LENGTHS)],
+        component_batch,
+        python_params(
+            args,
+            manifest,
+            SERVED_EXTRACTOR,
+            ("AUDIO_SIGNAL", "NUM_SAMPLES"),
+            length_axis=1,
+            min_length=manifest.min_num_samples,
+            max_length=max_samples,
+        ),
+        acoustic=False,
+    )
+    decoder = model_config(
+        SERVED_DECODER,
+        "ts-script",
+        args,
+        [_io("input__0", "TYPE_FP32", [-1, k]), _io("input__1", *LENGTHS)],
+        [_io("output__0", "TYPE_INT32", [-1])],
+        component_batch,
+        python_params(
+            args, manifest, SERVED_DECODER, ("log-probs", "encoder lengths"), length_axis=1
+        ),
+        acoustic=False,
+    )
+    acoustic = [
+        model_config(
+            ACOUSTIC_MODEL[backend],
+            backend,
+            args,
+            [_io("input__0", dtype, [manifest.n_mels, -1]), _io("input__1", *LENGTHS)],
+            # Log-probs are fp32 in both precisions: the model's log-softmax runs in fp32.
+            [_io("output__0", "TYPE_FP32", [-1, k]), _io("output__1", *LENGTHS)],
+            args.max_batch_size,
+            python_params(
+                args,
+                manifest,
+                ACOUSTIC_MODEL[backend],
+                ("features", "feature lengths"),
+                length_axis=2,
+            ),
+            acoustic=True,
+        )
+        for backend in args.backends
+    ]
+    return [(extractor, "ts-trace"), (decoder, "ts-script")] + list(
+        zip(acoustic, args.backends, strict=True)
+    )
+
+
+def ensemble_config(acoustic: str, dtype: str, max_batch: int, client_params: dict) -> dict:
+    """``jasper-<backend>-ensemble``: audio and its lengths -> extractor -> acoustic model ->
+    decoder -> per-frame ids, the lengths passed along at every step."""
+    return {
+        "name": f"{acoustic}-ensemble",
+        "platform": "ensemble",
+        "max_batch_size": max_batch,
+        "input": [_io("AUDIO_SIGNAL", dtype, [-1]), _io("NUM_SAMPLES", "TYPE_INT32", [1])],
+        "output": [_io("TRANSCRIPT", "TYPE_INT32", [-1])],
+        "parameters": [
+            {"key": key, "value": {"string_value": value}} for key, value in client_params.items()
+        ],
+        "ensemble_scheduling": {
+            "step": [
+                _step(
+                    SERVED_EXTRACTOR,
+                    {"input__0": "AUDIO_SIGNAL", "input__1": "NUM_SAMPLES"},
+                    {"output__0": "AUDIO_FEATURES", "output__1": "FEATURE_LENGTHS"},
+                ),
+                _step(
+                    acoustic,
+                    {"input__0": "AUDIO_FEATURES", "input__1": "FEATURE_LENGTHS"},
+                    {"output__0": "CHARACTER_PROBABILITIES", "output__1": "ENCODED_LENGTHS"},
+                ),
+                _step(
+                    SERVED_DECODER,
+                    {"input__0": "CHARACTER_PROBABILITIES", "input__1": "ENCODED_LENGTHS"},
+                    {"output__0": "TRANSCRIPT"},
+                ),
+            ]
+        },
+    }
+
+
+def load_exports(args: argparse.Namespace) -> tuple[Path, ExportManifest]:
+    """The precision's export folder and manifest; refuses TensorRT on the cpu target, and
+    TorchScript traced anywhere but on CUDA on the gpu target (its libtorch backend runs the
+    trace on the GPU, where the CPU constants of a CPU trace fail)."""
     export_dir = Path(args.export_dir) / args.precision
     manifest = ExportManifest.load(export_dir)
     if args.target == "cpu" and "tensorrt" in args.backends:
         raise RepositoryError("the cpu target has no TensorRT: leave tensorrt out of --backends")
-    if args.target == "gpu" and manifest.device != "cuda":
-        ts = [b for b in args.backends if b == "ts-trace"]
-        if ts:
-            print(
-                f"warning: {export_dir} was exported on {manifest.device}: its TorchScript files "
-                "hold CPU constants; export on CUDA for the libtorch backend on a GPU",
-                file=sys.stderr,
+    if args.target == "gpu":
+        served = [SERVED_EXTRACTOR, SERVED_DECODER] + [ACOUSTIC_MODEL[b] for b in args.backends]
+        traced_elsewhere = [
+            f"{f.name} ({f.device or manifest.device})"
+            for f in manifest.files
+            if f.name in served
+            and f.format == "ts-trace"
+            and (f.device or manifest.device) != "cuda"
+        ]
+        if traced_elsewhere:
+            raise RepositoryError(
+                f"{export_dir}: TorchScript traced off the GPU cannot serve on the gpu target "
+                f"(a trace keeps the device of the tensors it creates): "
+                f"{', '.join(traced_elsewhere)}. Export on a CUDA machine with DEVICE=cuda "
+                "(export.py --device cuda), or use --target cpu"
             )
-    repo = Path(args.output)
-    if repo.exists():
+    return export_dir, manifest
+
+
+def prepare_output(repo: Path, overwrite: bool) -> None:
+    """An empty ``repo`` folder. An existing one is deleted only when this script wrote it (its
+    :data:`REPOSITORY_MARK`), it is empty, or ``overwrite`` says so: ``--output`` pointed at the
+    wrong folder must not cost its files."""
+    if repo.exists() or repo.is_symlink():
+        if not repo.is_dir() or repo.is_symlink():
+            raise RepositoryError(f"--output {repo} exists and is not a folder: choose another")
+        ours = (repo / REPOSITORY_MARK).is_file()
+        if not (ours or overwrite or not any(repo.iterdir())):
+            raise RepositoryError(
+                f"--output {repo} is a folder that model_repository.py did not write and it is "
+                "not empty: choose another folder, or pass --overwrite to delete it"
+            )
         shutil.rmtree(repo)
     repo.mkdir(parents=True)
+    (repo / REPOSITORY_MARK).write_text(
+        "Written by triton/model_repository.py, which replaces this folder when run again.\n"
+    )
 
-    dtype = TRITON_TYPES[args.precision]
+
+def build(args: argparse.Namespace) -> Path:
+    export_dir, manifest = load_exports(args)
+    repo = Path(args.output)
+    prepare_output(repo, args.overwrite)
     max_duration = args.max_duration or manifest.max_duration
     max_samples = math.floor(max_duration * manifest.sample_rate)
-    k = manifest.n_classes
-    mbs = args.max_batch_size
-    component_batch = max(COMPONENT_MAX_BATCH, mbs)
-    lengths = ("TYPE_INT32", [1], [])  # (B, 1) in the config, (B,) for the model
-
-    def python_params(name: str, extra: dict[str, str] | None = None) -> dict[str, str]:
-        if args.target != "cpu":
-            return {}
-        exported = manifest.find(name)
-        if exported is None:
-            return {}  # write_model says what to export
-        params = {"artifact": Path(exported.file).name, "format": FILE_FORMATS[exported.format]}
-        if args.cpu_threads > 0:
-            params["cpu_threads"] = str(args.cpu_threads)
-        return {**params, **(extra or {})}
-
-    extractor = FEATURE_EXTRACTOR["ts-trace"]
-    write_model(
-        repo,
-        export_dir,
-        manifest,
-        model_config(
-            extractor,
-            "ts-trace",
-            args,
-            [_io("input__0", dtype, [-1]), _io("input__1", *lengths)],
-            [_io("output__0", dtype, [manifest.n_mels, -1]), _io("output__1", *lengths)],
-            component_batch,
-            python_params(extractor, {"max_num_samples": str(max_samples)}),
-            acoustic=False,
-        ),
-        "ts-trace",
-        args,
-    )
-    decoder = DECODER["ts-script"]
-    write_model(
-        repo,
-        export_dir,
-        manifest,
-        model_config(
-            decoder,
-            "ts-script",
-            args,
-            [_io("input__0", "TYPE_FP32", [-1, k]), _io("input__1", *lengths)],
-            [_io("output__0", "TYPE_INT32", [-1])],
-            component_batch,
-            python_params(decoder),
-            acoustic=False,
-        ),
-        "ts-script",
-        args,
-    )
+    for cfg, fmt in served_configs(args, manifest, max_samples):
+        write_model(repo, export_dir, manifest, cfg, fmt, args)
     client_params = {
         "labels": json.dumps(manifest.labels),
         "sample_rate": str(manifest.sample_rate),
         "trim_silence": json.dumps(manifest.trim_silence),
+        "min_num_samples": str(manifest.min_num_samples),
         "max_num_samples": str(max_samples),
+        "pad_leading": str(manifest.pad_leading),
         "precision": args.precision,
     }
+    dtype = TRITON_TYPES[args.precision]
     for backend in args.backends:
-        name = ACOUSTIC_MODEL[backend]
-        write_model(
-            repo,
-            export_dir,
-            manifest,
-            model_config(
-                name,
-                backend,
-                args,
-                [_io("input__0", dtype, [manifest.n_mels, -1]), _io("input__1", *lengths)],
-                # Log-probs are fp32 in both precisions: the model's log-softmax runs in fp32.
-                [_io("output__0", "TYPE_FP32", [-1, k]), _io("output__1", *lengths)],
-                mbs,
-                python_params(name),
-                acoustic=True,
-            ),
-            backend,
-            args,
+        ensemble = ensemble_config(
+            ACOUSTIC_MODEL[backend], dtype, args.max_batch_size, client_params
         )
-        ensemble = {
-            "name": f"{name}-ensemble",
-            "platform": "ensemble",
-            "max_batch_size": mbs,
-            "input": [
-                _io("AUDIO_SIGNAL", dtype, [-1]),
-                _io("NUM_SAMPLES", "TYPE_INT32", [1]),
-            ],
-            "output": [_io("TRANSCRIPT", "TYPE_INT32", [-1])],
-            "parameters": [
-                {"key": key, "value": {"string_value": value}}
-                for key, value in client_params.items()
-            ],
-            "ensemble_scheduling": {
-                "step": [
-                    _step(
-                        extractor,
-                        {"input__0": "AUDIO_SIGNAL", "input__1": "NUM_SAMPLES"},
-                        {"output__0": "AUDIO_FEATURES", "output__1": "FEATURE_LENGTHS"},
-                    ),
-                    _step(
-                        name,
-                        {"input__0": "AUDIO_FEATURES", "input__1": "FEATURE_LENGTHS"},
-                        {"output__0": "CHARACTER_PROBABILITIES", "output__1": "ENCODED_LENGTHS"},
-                    ),
-                    _step(
-                        decoder,
-                        {"input__0": "CHARACTER_PROBABILITIES", "input__1": "ENCODED_LENGTHS"},
-                        {"output__0": "TRANSCRIPT"},
-                    ),
-                ]
-            },
-        }
         (repo / ensemble["name"] / "1").mkdir(parents=True)
         (repo / ensemble["name"] / "config.pbtxt").write_text(to_pbtxt(ensemble) + "\n")
     return repo
@@ -349,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     except (RepositoryError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    names = sorted(p.name for p in repo.iterdir())
+    names = sorted(p.name for p in repo.iterdir() if p.is_dir())
     print(f"{args.target} repository ({args.precision}) in {repo}: {', '.join(names)}")
     return 0
 

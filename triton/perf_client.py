@@ -1,7 +1,9 @@
-"""Load generator for a Triton Jasper ensemble: throughput and latency percentiles (spec 10).
+"""Load generator for a Triton Jasper ensemble: throughput and latency percentiles.
 
-Upstream measured with ``perf_client``/``perf_analyzer``, whose wheel does not run on every machine
-(it needs a newer glibc); this tool does the same kind of run with ``tritonclient``:
+Upstream (NVIDIA DeepLearningExamples, ``PyTorch/SpeechRecognition/Jasper/triton/scripts/``
+``run_perf_client.sh`` and ``generate_perf_results.sh``) measured with ``perf_client``, now
+``perf_analyzer``, whose wheel does not run on every machine (it needs a newer glibc); this tool
+does the same kind of run with ``tritonclient``:
 
     python triton/perf_client.py -u 127.0.0.1:8001 -i grpc -m jasper-onnx-ensemble \\
         --batch_sizes 1 2 4 8 --concurrency 1 2 4 8 --audio_seconds 2 7 16.7 \\
@@ -12,15 +14,17 @@ AUDIO_SIGNAL:<len>``), each mode and each batch size:
 
 - ``static``: requests of ``batch`` recordings each, at every ``--concurrency`` level (requests in
   flight at once); the server runs the batches as they come.
-- ``dynamic``: requests of one recording each at concurrency ``2 x batch`` (upstream's
-  procedure), so that a server whose models have dynamic batching (``model_repository.py
-  --dynamic_batching``) can gather them; whether the served acoustic model has it is reported.
+- ``dynamic``: requests of one recording each at concurrency ``2 x batch`` (as upstream's
+  ``generate_perf_results.sh``), so that a server whose models have dynamic batching
+  (``model_repository.py --dynamic_batching``) can gather them; whether the served acoustic model
+  has it is reported.
 
 Each level sends ``--warmup`` unmeasured requests per worker, then runs until ``--requests``
 requests have completed or ``--seconds`` have passed, whichever comes first. Reported per level:
 throughput in inferences (recordings) per second, latency p50/p90/p95/p99 and mean in ms
 (nearest-rank percentiles over the completed requests), requests and errors; as a markdown table
-(printed, and ``PREFIX.md``) and JSON (``PREFIX.json``).
+(printed, and ``PREFIX.md``) and JSON (``PREFIX.json``). The table's header names the client
+machine (:func:`common.machine.summary`); the server may run on another.
 """
 
 from __future__ import annotations
@@ -32,13 +36,14 @@ import platform
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import numpy as np
 from client import ClientError, SpeechClient
+
+from common import machine
 
 PERCENTILES = (50, 90, 95, 99)
 
@@ -191,66 +196,78 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
+def plan(args: argparse.Namespace, max_batch: int) -> Iterator[tuple[float, str, int, int]]:
+    """``(audio seconds, mode, request batch, concurrency)`` of every level, in order; requests
+    larger than the served ``max_batch`` (0: no limit) are left out."""
+    for seconds_audio in args.audio_seconds:
+        for mode in args.modes:
+            for batch in args.batch_sizes:
+                if mode == "static":
+                    levels = [(batch, c) for c in args.concurrency]
+                else:
+                    levels = [(1, 2 * batch)]
+                for request_batch, concurrency in levels:
+                    if not max_batch or request_batch <= max_batch:
+                        yield seconds_audio, mode, request_batch, concurrency
+
+
+def table_header(args: argparse.Namespace, batching: dict) -> str:
+    return (
+        f"Triton load test of {args.model} over {args.protocol} ({args.url}); acoustic model "
+        f"{batching['acoustic_model']}, dynamic batching "
+        f"{'on' if batching['dynamic_batching'] is not None else 'off'}; client on "
+        f"{platform.node() or 'this machine'} ({machine.summary()}); "
+        f"bounds {args.requests} requests / {args.seconds:g} s per level."
+    )
+
+
+def write_report(args: argparse.Namespace, table: str, batching: dict, levels: list[Level]) -> None:
+    md, js = Path(args.output_prefix + ".md"), Path(args.output_prefix + ".json")
+    md.parent.mkdir(parents=True, exist_ok=True)
+    md.write_text(table)
+    report = {
+        "model": args.model,
+        "protocol": args.protocol,
+        "url": args.url,
+        "server_batching": batching,
+        "bounds": {"requests": args.requests, "seconds": args.seconds, "warmup": args.warmup},
+        "levels": [asdict(lv) for lv in levels],
+    }
+    js.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {md} and {js}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
     try:
         probe = SpeechClient(args.url, args.protocol, args.model, args.timeout)
-        served = probe.served
-        batching = served_batching(probe)
+        served, batching = probe.served, served_batching(probe)
         probe.close()
         levels = []
-        for seconds_audio in args.audio_seconds:
-            for mode in args.modes:
-                for batch in args.batch_sizes:
-                    if mode == "static":
-                        plan = [(batch, c) for c in args.concurrency]
-                    else:
-                        plan = [(1, 2 * batch)]
-                    for request_batch, concurrency in plan:
-                        if served.max_batch_size and request_batch > served.max_batch_size:
-                            continue
-                        level = measure(
-                            args,
-                            mode,
-                            seconds_audio,
-                            request_batch,
-                            concurrency,
-                            served.sample_rate,
-                            served.audio_dtype,
-                        )
-                        levels.append(level)
-                        print(
-                            f"{mode} {seconds_audio:g} s batch {request_batch} concurrency "
-                            f"{concurrency}: {level.throughput:.2f} inf/s, "
-                            f"p50 {level.latency_ms.get('p50', float('nan')):.1f} ms",
-                            flush=True,
-                        )
+        for seconds_audio, mode, batch, concurrency in plan(args, served.max_batch_size):
+            level = measure(
+                args,
+                mode,
+                seconds_audio,
+                batch,
+                concurrency,
+                served.sample_rate,
+                served.audio_dtype,
+            )
+            levels.append(level)
+            print(
+                f"{mode} {seconds_audio:g} s batch {batch} concurrency {concurrency}: "
+                f"{level.throughput:.2f} inf/s, "
+                f"p50 {level.latency_ms.get('p50', float('nan')):.1f} ms",
+                flush=True,
+            )
     except ClientError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    header = (
-        f"Triton load test of {args.model} over {args.protocol} ({args.url}); acoustic model "
-        f"{batching['acoustic_model']}, dynamic batching "
-        f"{'on' if batching['dynamic_batching'] is not None else 'off'}; client on "
-        f"{platform.node() or 'this machine'}; bounds {args.requests} requests / "
-        f"{args.seconds:g} s per level."
-    )
-    table = markdown(levels, header)
+    table = markdown(levels, table_header(args, batching))
     print(table)
     if args.output_prefix:
-        md, js = Path(args.output_prefix + ".md"), Path(args.output_prefix + ".json")
-        md.parent.mkdir(parents=True, exist_ok=True)
-        md.write_text(table)
-        report = {
-            "model": args.model,
-            "protocol": args.protocol,
-            "url": args.url,
-            "server_batching": batching,
-            "bounds": {"requests": args.requests, "seconds": args.seconds, "warmup": args.warmup},
-            "levels": [asdict(lv) for lv in levels],
-        }
-        js.write_text(json.dumps(report, indent=1) + "\n")
-        print(f"wrote {md} and {js}")
+        write_report(args, table, batching, levels)
     return 0
 
 

@@ -12,7 +12,8 @@ the duration becomes duration / s. The signal is resampled as if it had been rec
 ``target_sr * s``. (The online augmentation in ``common.audio.SpeedPerturbation`` follows DALI
 instead, and multiplies the length by s.)
 
-The manifest is upstream's (spec 9), so that upstream's manifests and ours are interchangeable::
+The manifest is upstream's (docs/upstream.md#manifests), so upstream's manifests and ours are
+interchangeable::
 
     [{"transcript": "lower-cased, stripped text",
       "files": [{"channels": 1, "sample_rate": 16000.0, "bitdepth": 16, "bitrate": 256000.0,
@@ -24,9 +25,9 @@ The manifest is upstream's (spec 9), so that upstream's manifests and ours are i
 - ``fname`` is relative to the dataset folder, i.e. the parent of ``dest_dir``
   (``basename(dest_dir)/<speaker>/<chapter>/<file>``, as upstream).
 - ``files`` lists the perturbed versions in increasing speed and the speed-1 file LAST (the DALI
-  path and upstream's readers take ``files[-1]`` as the original: spec 14.18); ``original_*``
-  describe the speed-1 file. ``bitrate`` is bits per second, ``silent`` is pysox's test (mean
-  absolute amplitude below 0.001).
+  path and upstream's readers take ``files[-1]`` as the original: docs/upstream.md#u18);
+  ``original_*`` describe the speed-1 file. ``bitrate`` is bits per second, ``silent`` is pysox's
+  test (mean absolute amplitude below 0.001).
 - Entries follow the sorted transcript files and their line order; the JSON is indented by 2.
 
 Robust and idempotent, unlike upstream: an unreadable or corrupt FLAC is reported (path and reason)
@@ -56,9 +57,6 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import soundfile as sf
 from tqdm import tqdm
-
-if __package__ in (None, ""):  # run as a script: make the repository's packages importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.audio import SAMPLE_RATE, AudioLoadError, load_audio, resample
 
@@ -92,7 +90,7 @@ def scan_split(
             for line in f:
                 if not line.strip():
                     continue
-                # Upstream: "<utt_id> <transcript>" split at the first space (spec 9).
+                # "<utt_id> <transcript>", split at the first space, as upstream's converter does.
                 utt_id, _, transcript = line.partition(" ")
                 jobs.append(
                     Job(
@@ -144,7 +142,8 @@ def read_existing_wav(path: Path, sample_rate: int) -> np.ndarray | None:
 
 
 def file_entry(pcm: np.ndarray, sample_rate: int, fname: str, speed: float) -> dict:
-    """One ``files`` item, with pysox 1.4.1's ``file_info.info()`` keys in its order (spec 9)."""
+    """One ``files`` item, with pysox 1.4.1's ``file_info.info()`` keys in its order
+    (docs/upstream.md#manifests)."""
     num_samples = int(pcm.shape[0])
     mean_norm = float(np.mean(np.abs(pcm.astype(np.float64)))) / 32768.0
     return {

@@ -23,9 +23,6 @@ import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository's packages importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from common.checkpoint import CheckpointError, atomic_save, load_checkpoint
 from jasper import config, nemo
 

@@ -7,7 +7,7 @@ it into the extraction folder with the archives' leading ``LibriSpeech/`` stripp
 every launcher reads), and write ``<archive>.done`` beside the archive. A later run skips archives
 with a ``.done`` marker, and resumes or re-checks the others.
 
-Unlike upstream (spec 9, 14.32), a wrong md5 is an error: the bad archive is renamed to
+Unlike upstream (docs/upstream.md#u32), a wrong md5 is an error: the bad archive is renamed to
 ``<archive>.bad``, the remaining archives are still processed, and the run exits with status 1.
 Extraction refuses members that would land outside the target folder.
 
@@ -25,9 +25,6 @@ import sys
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-
-if __package__ in (None, ""):  # run as a script: make the repository's packages importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.download_utils import (
     ChecksumError,

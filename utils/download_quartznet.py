@@ -28,9 +28,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository's packages importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from utils.download_utils import (
     ChecksumError,
     DownloadError,

@@ -9,11 +9,12 @@ QuartzNet downloader). Standard library only, plus tqdm for progress bars.
   the same way, so the logic is testable offline. Dropped connections are retried from the bytes
   on disk.
 - ``file_digest`` / ``verify_checksum`` (md5, sha256, ...): upstream printed "Failed" for a wrong
-  md5 and went on extracting (spec 14.32); here a mismatch raises ``ChecksumError``.
+  md5 and went on extracting (docs/upstream.md#u32); here a mismatch raises ``ChecksumError``.
 - ``extract_archive`` unpacks ``.tar``, ``.tar.gz`` and ``.zip`` in one pass, refusing any member
   that would land outside the target: absolute paths, ``..`` components, symlinks or hardlinks
-  pointing outside, device files (upstream used ``tarfile.extractall`` unfiltered: spec 14.32).
-  ``strip_components`` drops leading path components, as ``tar --strip-components`` does.
+  pointing outside, device files (upstream used ``tarfile.extractall`` unfiltered:
+  docs/upstream.md#u32). ``strip_components`` drops leading path components, as
+  ``tar --strip-components`` does.
 """
 
 from __future__ import annotations

@@ -425,8 +425,10 @@ def make_demo_corpus(
     counts = {s: [0, 0] for s in SPLITS}
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(tasks) or 1))
     # A fresh process per chapter (maxtasksperchild=1): only a new process resets espeak-ng's
-    # synthesis state. fork is cheap; spawn if this process has used espeak (state inherited).
-    method = "fork" if _engine is None and "fork" in mp.get_all_start_methods() else "spawn"
+    # synthesis state. The workers are forked from a forkserver, a clean single-threaded process:
+    # a plain fork of this one can deadlock when another thread holds a lock at that moment (the
+    # pool's own worker-handler thread forks the replacements), and would inherit espeak's state.
+    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
     from tqdm import tqdm
 
     with (

@@ -7,10 +7,7 @@ logged training batches beside dev WER (raw and EMA), against the optimizer step
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.logger import parse_json_log
 

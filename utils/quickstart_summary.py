@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.metrics import word_error_rate
 from common.text import DEFAULT_LABELS, normalize

@@ -1,4 +1,4 @@
-"""NVIDIA DALI data path: audio decoding and log-mel features in a DALI pipeline (spec 5.3).
+"""NVIDIA DALI data path: audio decoding and log-mel features in a DALI pipeline.
 
 An optional accelerator for :class:`common.dataset.FeatureLoader`: :class:`DaliDataLoader` yields the
 same ``(feats (B,F,T) f32, feat_lens int64, txt (B,S) int64, txt_lens int64)`` batches, computed by
@@ -11,7 +11,7 @@ install it.
       [to GPU], dither, pre-emphasis, |STFT|^2, mel, ln --> torch: per-feature normalisation over
       ceil(N/160) frames, zeros beyond, pad to 16, SpecAugment --> (feats, feat_lens, txt, txt_lens)
 
-Against upstream's DALI path (spec 5.3, 5.4, 14.15-14.19), deliberately:
+Against upstream's DALI path (docs/upstream.md#pytorch-vs-dali and defects U15-U19), deliberately:
 - The features equal :class:`common.features.FilterbankFeatures` in eval mode (max abs difference
   3.4e-4 over the repository's recordings, identical lengths; tested): symmetric Hann window passed
   as ``window_fn``, pre-emphasis ``border="zero"`` (y[0] = x[0]), ``ln(x + 1e-20)`` exactly (the guard
@@ -30,7 +30,7 @@ Against upstream's DALI path (spec 5.3, 5.4, 14.15-14.19), deliberately:
 - Transcripts are the manifests' texts normalised once at load (ids looked up per batch, int64);
   upstream normalised every batch in Python and returned float32 ids.
 - The speed-1.0 file of each entry is chosen by its ``speed`` field (upstream: ``files[-1]``).
-- Outputs stay on the CPU for ``device="cpu"`` (upstream always moved them to the GPU: spec 14.5).
+- Outputs stay on the CPU for ``device="cpu"`` (upstream always moved them to the GPU: U5).
 - SpecAugment is :class:`common.features.SpecAugment` in torch: masks start inside each
   utterance's valid frames (upstream's ``fn.erase`` anchors spanned the padded batch).
 - Offsets (``offset`` entries) are honoured; gain and shift perturbation are refused (upstream's DALI

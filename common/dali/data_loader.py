@@ -1,10 +1,10 @@
-"""The DALI loader: manifests -> batches of ``(feats, feat_lens, txt, txt_lens)`` (spec 5.3).
+"""The DALI loader (upstream's DaliDataLoader): manifests -> ``(feats, feat_lens, txt, txt_lens)``.
 
 The utterance list comes from :func:`common.dataset.read_manifests` and the batches of indices from
 the PyTorch path's own samplers (:class:`common.dataset.TrainSampler`, :class:`EvalSampler`), so both
 paths read the same utterances in the same batches for the same seed, and DALI's reader sharding
-(``shuffle_after_epoch``, no ``pad_last_batch``: spec 14.15, 14.16) is not used at all. The pipeline
-(:mod:`common.dali.pipeline`) reads the files through an external source.
+(``shuffle_after_epoch``, no ``pad_last_batch``: docs/upstream.md#u15, #u16) is not used at all.
+The pipeline (:mod:`common.dali.pipeline`) reads the files through an external source.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from common.dataset import (
     TrainSampler,
     Utterance,
     check_audio_files,
+    manifest_filters,
     read_manifests,
 )
 from common.features import FilterbankFeatures
@@ -41,20 +42,19 @@ def _seed_int(*key: int) -> int:
 
 
 def _speed_one_file(utt: Utterance) -> AudioFile:
-    """The recording made at speed 1.0, chosen by the manifest's ``speed`` field (upstream took
-    ``files[-1]``, right only by accident of set ordering: spec 14.18)."""
-    for f in utt.files:
-        if abs(f.speed - 1.0) < 1e-6:
-            return f
-    raise ManifestError(
-        f"manifest entry {utt.index} ({utt.files[0].path}): no file with speed 1.0, which the DALI "
-        "path reads"
-    )
+    """The recording made at speed 1.0, the only one the DALI path reads."""
+    f = utt.speed_one_file()
+    if abs(f.speed - 1.0) >= 1e-6:
+        raise ManifestError(
+            f"manifest entry {utt.index} ({utt.files[0].path}): no file with speed 1.0, which the "
+            "DALI path reads"
+        )
+    return f
 
 
 def default_num_threads(world_size: int = 1) -> int:
     """CPU threads per pipeline: this process's cores shared by the ranks on this node (upstream
-    gave every rank all cores, oversubscribing 8-GPU nodes: spec 14.35)."""
+    gave every rank all cores, oversubscribing 8-GPU nodes: docs/upstream.md#u35)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
     return max(1, (cores or 1) // max(1, local))
@@ -128,18 +128,7 @@ class DaliDataLoader:
         self.rank = rank
         self.epoch = 0
         self.utts = read_manifests(
-            manifest_fpaths,
-            data_dir,
-            labels,
-            min_duration=dataset_kw.get("min_duration", 0.1),
-            max_duration=dataset_kw.get("max_duration", float("inf")),
-            pad_to_max_duration=dataset_kw.get("pad_to_max_duration", False),
-            max_utts=dataset_kw.get("max_utts", 0),
-            normalize_transcripts=dataset_kw.get("normalize_transcripts", True),
-            ignore_offline_speed_perturbation=dataset_kw.get(
-                "ignore_offline_speed_perturbation", False
-            ),
-            sort_by_duration=dataset_kw.get("sort_by_duration", False),
+            manifest_fpaths, data_dir, labels, **manifest_filters(dataset_kw)
         )
         self.files = [_speed_one_file(u) for u in self.utts]
         if any(len(u.files) > 1 for u in self.utts):

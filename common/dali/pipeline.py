@@ -1,4 +1,4 @@
-"""The DALI graph: encoded audio -> log-mel spectrogram, batch-padded (spec 5.3, differences in 5.4).
+"""The DALI graph: encoded audio -> log-mel spectrogram, batch-padded (docs/upstream.md#dali-path).
 
 Inputs come from a Python source (:class:`BatchSource`) that yields, per batch, the encoded files'
 bytes, their utterance indices and, when set, a speed factor and an offset span per utterance. The
@@ -93,7 +93,8 @@ def build_pipeline(
     """A built DALI ``Pipeline`` computing unnormalised log-mel features of ``features``' settings.
 
     ``device="cpu"`` runs everything on the CPU (``device_id`` may be None: no GPU needed);
-    ``"gpu"`` decodes and trims on the CPU and runs the rest on GPU ``device_id`` (spec 5.3 step 5).
+    ``"gpu"`` decodes and trims on the CPU and runs the rest on GPU ``device_id`` (as upstream's
+    ``DaliPipeline``).
     ``dither`` is the noise amplitude to add (0: none); ``seed`` seeds the pipeline's RNG.
     ``lowfreq``/``highfreq`` (Hz; None: Nyquist) are the mel range ``features`` was built with (the
     ``filterbank_features`` keys of the same names).
@@ -109,7 +110,7 @@ def build_pipeline(
         raise ValueError("device='gpu' needs a device_id (the CUDA device index)")
     sample_rate = float(features.sample_rate)
     # Symmetric window of FilterbankFeatures (torch.hann_window(320, periodic=False)); DALI's own
-    # default Hann is periodic-like, 0.5(1-cos(2pi(n+0.5)/N)) (spec 5.4).
+    # default Hann is periodic-like, 0.5(1-cos(2pi(n+0.5)/N)) (docs/upstream.md#pytorch-vs-dali).
     window = features.window.double().tolist()
     freq_high = float(highfreq) if highfreq else sample_rate / 2.0
 
@@ -130,7 +131,8 @@ def build_pipeline(
         encoded, index = outputs[0], outputs[1]
         rest = list(outputs[2:])
         # Resampling to s * 16 kHz and reading the result as 16 kHz multiplies the length by s
-        # (slower and lower for s > 1): DALI's online speed perturbation (spec 5.3 step 3, 5.5).
+        # (slower and lower for s > 1): DALI's online speed perturbation
+        # (docs/upstream.md#speed-perturbation).
         rate = rest.pop(0) * sample_rate if source.speed else sample_rate
         audio, _ = fn.decoders.audio(encoded, dtype=types.FLOAT, downmix=True, sample_rate=rate)
         if source.offset:

@@ -1,7 +1,7 @@
 """Transcripts as the model sees them: a label set, normalisation, and text <-> label ids.
 
 Labels are single characters. The CTC blank is not a label: models append it as the last class,
-so its id is ``len(labels)`` (spec 6; 28 for ``DEFAULT_LABELS``).
+so its id is ``len(labels)`` (upstream common/helpers.py add_ctc_blank; 28 for ``DEFAULT_LABELS``).
 """
 
 from __future__ import annotations

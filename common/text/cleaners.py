@@ -1,4 +1,4 @@
-"""Transcript normalisation: raw text -> the training target over a label set (spec 6).
+"""Transcript normalisation: raw text -> training target over a label set (docs/upstream.md#text).
 
 Two paths, chosen by the label set:
 
@@ -43,8 +43,8 @@ from common.text.numbers import expand_numbers
 
 log = logging.getLogger(__name__)
 
-# Where upstream's transliteration table (sindresorhus/transliterate, spec 6 step 1) and anyascii
-# disagree on the reference cases (tests/data/text_cases.json), upstream's output wins.
+# Where upstream's transliteration table (common/text/unidecoder, from sindresorhus/transliterate)
+# and anyascii disagree on the reference cases (tests/data/text_cases.json), upstream's output wins.
 _TRANSLITERATION = {
     "ä": "ae", "ö": "oe", "ü": "ue", "Ä": "Ae", "Ö": "Oe", "Ü": "Ue",
     "—": "",  # em dash: not in upstream's table, so dropped ("a—b" -> "ab")
@@ -151,6 +151,6 @@ def normalize(text: str, labels: Sequence[str]) -> str:
         space = " " in ls.chars
         text = "".join(c if c in ls.chars else " " if space and c.isspace() else "" for c in text)
         return " ".join(text.split()) if space else text
-    except Exception as e:  # a transcript must never stop data loading (upstream: spec 14.26)
+    except Exception as e:  # a transcript must never stop data loading (docs/upstream.md#u26)
         log.warning("could not normalise transcript %.80r: %s: %s", text, type(e).__name__, e)
         return ""

@@ -1,4 +1,4 @@
-"""Spell out numbers in lower-case ASCII English text (spec 6, step 3 of the English cleaners).
+"""Spell out numbers in lower-case ASCII English text (step 3 of upstream's english_cleaners).
 
 Upstream's rules (DLE Jasper ``common/text/numbers.py``, after keithito/tacotron) are kept:
 
@@ -10,7 +10,7 @@ Upstream's rules (DLE Jasper ``common/text/numbers.py``, after keithito/tacotron
   "nineteen hundred"); above 10^9 and not a multiple of 10^4 digit by digit (phone numbers); else
   cardinal words without "and".
 
-Deliberate fixes of upstream defects (spec 14.23; each one is listed in ``tests/test_text.py``):
+Deliberate fixes of upstream defects (docs/upstream.md#u23; all listed in ``tests/test_text.py``):
 
 - digit grouping: ``1,250`` -> "one thousand two hundred fifty" (upstream dropped the commas and
   read "1250" like a year: "twelve fifty"); commas that are not thousands grouping act as upstream;

@@ -56,12 +56,20 @@ cpu_fallback() {
   fi
 }
 
-# run_python_maybe_distributed N script.py args...: torchrun with N processes when N > 1.
+# run_python_maybe_distributed N script.py args...: torchrun with N processes per node when N > 1
+# or when several nodes take part, else the script in this process. Several nodes: NNODES (default
+# 1), NODE_RANK (0), MASTER_ADDR (127.0.0.1) and MASTER_PORT (29500), the same on every node but
+# NODE_RANK; one node: a standalone rendezvous on a free port (scripts/slurm/ starts one per node).
 run_python_maybe_distributed() {
   local nproc=$1
   shift
+  local nnodes=${NNODES:-1}
   local cmd
-  if [[ "$nproc" -gt 1 ]]; then
+  if [[ "$nnodes" -gt 1 ]]; then
+    cmd=("$PYTHON" -m torch.distributed.run --nnodes="$nnodes" --node_rank="${NODE_RANK:-0}"
+         --master_addr="${MASTER_ADDR:-127.0.0.1}" --master_port="${MASTER_PORT:-29500}"
+         --nproc_per_node="$nproc" "$@")
+  elif [[ "$nproc" -gt 1 ]]; then
     cmd=("$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$nproc" "$@")
   else
     cmd=("$PYTHON" "$@")
@@ -82,7 +90,7 @@ add_inference_model_args() {
   [[ "$CUDNN_BENCHMARK" == true ]] && args+=(--cudnn_benchmark) || args+=(--no-cudnn_benchmark)
   [[ "$FOLD_BATCHNORM" == true ]] && args+=(--fold_batchnorm) || args+=(--no-fold_batchnorm)
   [[ "$SKIP_MASKS" == true ]] && args+=(--skip_masks) || args+=(--no-skip_masks)
-  [[ "$FFT_CONVS" == true ]] && args+=(--fft_convs)
+  args+=(--fft_convs="$FFT_CONVS")  # auto: on CPUs only
   [[ "$COMPILE" == true ]] && args+=(--compile)
   [[ "$CUDA_GRAPHS" == true ]] && args+=(--cuda_graphs)
   return 0

@@ -7,10 +7,14 @@ It runs in the server's backend stub, with the server's environment (``triton/sc
 setup_server.sh``): torch, onnxruntime and numpy, none of this repository's code.
 
 Requests whose inputs have the same shapes past the batch axis run as one batch (what Triton's
-dynamic batcher gathers); the others run one by one. A request the component cannot serve gets an
-error response naming the problem, and the model goes on serving the others. With the parameter
-``max_num_samples`` (the feature extractor) the audio is checked first: it must hold at least one
-sample and at most ``max_num_samples``, and ``NUM_SAMPLES`` must lie in ``[1, samples sent]``.
+dynamic batcher gathers); the others run one by one. Every request is checked before anything
+runs, and one the component cannot serve gets an INVALID_ARGUMENT response (HTTP 400) that says
+what is wrong, while the model goes on serving the others; an error of the runtime itself is
+INTERNAL (500). The checks: each input of the config's data type, rank and fixed dimensions, at
+least one row, float inputs finite (no NaN or infinity), and the lengths (the second input) one
+per row within ``[min_length, size]`` where size is the first input's extent along
+``length_axis`` (at most ``max_length`` when that is set). The exported TorchScript modules check
+the same (``deploy_modules.check_inputs``), for servers that run them natively.
 """
 
 from __future__ import annotations
@@ -34,7 +38,13 @@ class TritonPythonModel:
         self.name = cfg["name"]
         self.inputs = [_Tensor.from_config(t) for t in cfg["input"]]
         self.outputs = [_Tensor.from_config(t) for t in cfg["output"]]
-        self.max_num_samples = int(params.get("max_num_samples", "0"))
+        # What the second input measures: the first input's extent along this axis (model shape,
+        # batch axis 0); 0: the model takes no lengths.
+        self.length_axis = int(params.get("length_axis", "0"))
+        self.min_length = int(params.get("min_length", "1"))
+        self.max_length = int(params.get("max_length", "0"))
+        # How the client calls the inputs (the ensemble's names), for the error messages.
+        self.labels = json.loads(params.get("input_labels", "[]")) or [i.name for i in self.inputs]
         threads = int(params.get("cpu_threads", "0"))
         path = Path(args["model_repository"]) / args["model_version"] / params["artifact"]
         if params["format"] == "torchscript":
@@ -69,28 +79,37 @@ class TritonPythonModel:
         return self.session.run(None, feeds)
 
     def _read(self, request) -> list[np.ndarray]:
+        """The request's inputs in the model's shapes, checked (:class:`RequestError`)."""
         arrays = []
-        for spec in self.inputs:
+        for spec, label in zip(self.inputs, self.labels, strict=True):
             tensor = pb_utils.get_input_tensor_by_name(request, spec.name)
             if tensor is None:
-                raise RequestError(f"{self.name}: input {spec.name} is missing")
-            arrays.append(spec.to_model(tensor.as_numpy()))
-        if self.max_num_samples > 0:
-            self._check_audio(*arrays[:2])
+                raise RequestError(f"{self.name}: input {label} is missing")
+            arrays.append(spec.to_model(spec.check(tensor.as_numpy(), f"{self.name}: {label}")))
+        if len({a.shape[0] for a in arrays}) > 1:
+            raise RequestError(
+                f"{self.name}: the inputs have different batch sizes {[a.shape[0] for a in arrays]}"
+            )
+        if self.length_axis > 0:
+            self._check_lengths(*arrays[:2])
         return arrays
 
-    def _check_audio(self, audio: np.ndarray, num_samples: np.ndarray) -> None:
-        sent = audio.shape[-1]
-        if audio.ndim != 2 or sent == 0:
-            raise RequestError(f"{self.name}: empty audio (shape {list(audio.shape)})")
-        if sent > self.max_num_samples:
+    def _check_lengths(self, x: np.ndarray, lens: np.ndarray) -> None:
+        what, lens_label = f"{self.name}: {self.labels[0]}", self.labels[1]
+        size = x.shape[self.length_axis]
+        if size == 0:
+            raise RequestError(f"{what} is empty (shape {list(x.shape)})")
+        if 0 < self.max_length < size:
             raise RequestError(
-                f"{self.name}: {sent} samples is longer than the configured maximum of "
-                f"{self.max_num_samples}"
+                f"{what}: {size} is longer than the configured maximum of {self.max_length}"
             )
-        if num_samples.size and (num_samples.min() < 1 or num_samples.max() > sent):
+        low, high = int(lens.min()), int(lens.max())
+        if low < self.min_length or high > size:
+            values = lens.tolist() if lens.size <= 8 else f"from {low} to {high}"
             raise RequestError(
-                f"{self.name}: NUM_SAMPLES {num_samples.tolist()} outside [1, {sent}]"
+                f"{self.name}: {lens_label} {values} outside [{self.min_length}, {size}]: each "
+                f"must be at least {self.min_length} (the shortest input served) and at most "
+                f"the {size} sent"
             )
 
     def execute(self, requests: list) -> list:
@@ -100,7 +119,7 @@ class TritonPythonModel:
             try:
                 arrays = self._read(request)
             except RequestError as e:
-                responses[i] = _error(str(e))
+                responses[i] = _error(str(e), pb_utils.TritonError.INVALID_ARG)
                 continue
             key = tuple((a.shape[1:], a.dtype.str) for a in arrays)
             groups[key].append((i, arrays))
@@ -114,7 +133,9 @@ class TritonPythonModel:
                 outputs = self.run(batch)
             except Exception as e:  # the runtime's own error types; reported, server goes on
                 for i, _ in members:
-                    responses[i] = _error(f"{self.name}: {type(e).__name__}: {e}")
+                    responses[i] = _error(
+                        f"{self.name}: {type(e).__name__}: {e}", pb_utils.TritonError.INTERNAL
+                    )
                 continue
             start = 0
             for (i, _), size in zip(members, sizes, strict=True):
@@ -127,8 +148,8 @@ class TritonPythonModel:
         return responses
 
 
-def _error(message: str):
-    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
+def _error(message: str, code):
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message, code))
 
 
 class _Tensor:
@@ -142,7 +163,27 @@ class _Tensor:
     def from_config(cls, t: dict) -> _Tensor:
         dtype = pb_utils.triton_string_to_numpy(t["data_type"])
         reshape = t.get("reshape")
-        return cls(t["name"], np.dtype(dtype), list(t["dims"]), reshape and reshape["shape"])
+        dims = [int(d) for d in t["dims"]]  # protobuf's JSON may write int64 as strings
+        shape = None if reshape is None else [int(d) for d in reshape.get("shape", [])]
+        return cls(t["name"], np.dtype(dtype), dims, shape)
+
+    def check(self, a: np.ndarray, what: str) -> np.ndarray:
+        """``a`` if it is what the config declares (dtype; batch axis, then ``dims`` with -1 for
+        any size, or the ``reshape`` dims, which Triton has applied already), with at least one
+        row and, for floats, no NaN or infinity."""
+        if a.dtype != self.dtype:
+            raise RequestError(f"{what}: {a.dtype} data where the model takes {self.dtype}")
+        dims = self.dims if self.reshape is None else self.reshape
+        expected = ["batch", *("any" if d < 0 else d for d in dims)]
+        if a.ndim != len(expected) or any(
+            d >= 0 and n != d for n, d in zip(a.shape[1:], dims, strict=True)
+        ):
+            raise RequestError(f"{what}: shape {list(a.shape)} where the model takes {expected}")
+        if a.shape[0] == 0:
+            raise RequestError(f"{what}: no rows (shape {list(a.shape)})")
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise RequestError(f"{what} holds NaN or infinite values")
+        return a
 
     def to_model(self, a: np.ndarray) -> np.ndarray:
         if self.reshape is not None:

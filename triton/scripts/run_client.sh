@@ -14,6 +14,7 @@
 # Extra arguments go to triton/client.py unchanged.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source scripts/lib/python.sh
 source scripts/lib/launcher.sh
 
 positional MODEL_TYPE DATA_DIR FILE -- "$@"
@@ -28,7 +29,7 @@ set -- "${launcher_rest[@]}"
 : "${GRPC_PORT:=8001}"
 : "${BATCH_SIZE:=1}"
 : "${PREDICTION_FILE:=}"
-: "${PYTHON:=python3}"
+: "${PYTHON:=python3}"  # unless .venv/bin/python exists: scripts/lib/python.sh
 
 port=$HTTP_PORT
 [[ "$PROTOCOL" == grpc ]] && port=$GRPC_PORT

@@ -17,6 +17,7 @@
 # Extra arguments go to triton/perf_client.py unchanged.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source scripts/lib/python.sh
 source scripts/lib/launcher.sh
 
 positional MODEL_TYPE -- "$@"
@@ -34,7 +35,7 @@ set -- "${launcher_rest[@]}"
 : "${REQUESTS:=200}"
 : "${SECONDS_PER_LEVEL:=10}"
 : "${OUTPUT_PREFIX:=results/triton_perf_$MODEL_TYPE}"
-: "${PYTHON:=python3}"
+: "${PYTHON:=python3}"  # unless .venv/bin/python exists: scripts/lib/python.sh
 
 read -r -a batch_sizes <<< "$BATCH_SIZES"
 read -r -a concurrency <<< "$CONCURRENCY"
