@@ -86,7 +86,7 @@ from jasper.decoding import (
     unpad,
 )
 from jasper.model import greedy_decode
-from jasper.prepare import DTYPES, SpeedOptions, prepare
+from jasper.prepare import SpeedOptions, add_speed_arguments, prepare, speed_options
 from jasper.streaming import StreamingTranscriber, file_chunks, transcribe_stream
 from jasper.transcribe import Transcriber, audio_files, load_model, receptive_field
 
@@ -211,58 +211,7 @@ def get_parser() -> argparse.ArgumentParser:
         default=int(os.environ.get("LOCAL_RANK", 0)),
         help="set by torchrun",
     )
-    r.add_argument(
-        "--amp",
-        "--fp16",
-        action="store_true",
-        help="run the network in half precision (see --precision)",
-    )
-    r.add_argument(
-        "--precision",
-        choices=("fp16", "bf16"),
-        default="fp16",
-        help="the half-precision type of --amp (bf16 on CPUs)",
-    )
-    r.add_argument(
-        "--cudnn_benchmark",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="let cuDNN pick the fastest convolution algorithms",
-    )
-    r.add_argument(
-        "--fold_batchnorm",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="fold BatchNorm into the convolutions (same outputs, faster)",
-    )
-    r.add_argument(
-        "--skip_masks",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="cut padding and skip the conv masks when all lengths in a batch are equal",
-    )
-    r.add_argument(
-        "--fft_convs",
-        nargs="?",
-        const="true",
-        default="auto",
-        choices=("auto", "true", "false"),
-        help="compute the long convolutions by FFT (same outputs; CPU: about 3x faster, ~3x the "
-        "weights' memory); auto: on the CPU, not on GPUs (cuDNN is faster there)",
-    )
-    r.add_argument("--no-fft_convs", dest="fft_convs", action="store_const", const="false")
-    r.add_argument(
-        "--compile",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="torch.compile the network for fixed shapes (compiles once per shape)",
-    )
-    r.add_argument(
-        "--cuda_graphs",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="replay the network as a CUDA graph per input shape (CUDA only)",
-    )
+    add_speed_arguments(r)
     r.add_argument("--seed", type=int, default=0, help="seed (synthetic audio, dither at eval)")
 
     b = p.add_argument_group("benchmark")
@@ -721,11 +670,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def use_fft_convs(choice: str, device: torch.device) -> bool:
-    """``--fft_convs auto`` is the fast path of each device: FFT convolutions on CPUs only."""
-    return choice == "true" or (choice == "auto" and device.type == "cpu")
-
-
 def make_decoder(args: argparse.Namespace, cfg: dict, model: nn.Module):
     """The decoder of ``--decoder``; word times count from the audio's start: the
     ``--pad_leading`` frames are subtracted (encoder frames = feature frames / the stride)."""
@@ -751,14 +695,7 @@ def prepared_model(args: argparse.Namespace, device: torch.device):
     model, cfg = load_model(
         args.ckpt, args.model_config, ema=args.ema, overrides=args.override_config
     )
-    speed = SpeedOptions(
-        fold_batchnorm=args.fold_batchnorm,
-        skip_masks=args.skip_masks,
-        compile=args.compile,
-        cuda_graphs=args.cuda_graphs,
-        fft_convs=use_fft_convs(args.fft_convs, device),
-        dtype=DTYPES[args.precision] if args.amp else torch.float32,
-    )
+    speed = speed_options(args, device)
     log.info(
         "speed options: %s on %s%s", speed_label(speed), device.type,
         " (--fft_convs auto)" if args.fft_convs == "auto" else "",

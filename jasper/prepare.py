@@ -38,6 +38,7 @@ The prepared module is for inference only: its state_dict no longer matches the 
 
 from __future__ import annotations
 
+import argparse
 import copy
 import math
 from dataclasses import dataclass
@@ -382,3 +383,56 @@ def prepare(
             model, dtype=torch.bfloat16 if options.dtype == torch.bfloat16 else torch.float32
         )
     return InferenceModel(model, options)
+
+
+# --------------------------------------------------------------------------------------------
+# Command line: the speed flags of inference.py and utils/transcribe_stream.py
+
+
+def add_speed_arguments(group: argparse._ArgumentGroup, fft_convs: str = "auto") -> None:
+    """``--amp/--precision``, ``--cudnn_benchmark`` and the :class:`SpeedOptions` flags;
+    ``fft_convs`` is the default of ``--fft_convs`` (``auto``: on CPUs only)."""
+    flag = argparse.BooleanOptionalAction
+    group.add_argument("--amp", "--fp16", action="store_true", help="half precision (--precision)")
+    group.add_argument(
+        "--precision", choices=("fp16", "bf16"), default="fp16", help="the type of --amp"
+    )
+    group.add_argument(
+        "--cudnn_benchmark", action=flag, default=False, help="let cuDNN pick its algorithms"
+    )
+    group.add_argument(
+        "--fold_batchnorm", action=flag, default=True,
+        help="fold BatchNorm into the convolutions (same outputs, faster)",
+    )  # fmt: skip
+    group.add_argument(
+        "--skip_masks", action=flag, default=True,
+        help="skip the conv masks where every length of a batch is equal (same outputs)",
+    )  # fmt: skip
+    group.add_argument(
+        "--fft_convs", nargs="?", const="true", default=fft_convs,
+        choices=("auto", "true", "false"),
+        help="long convolutions by FFT (same outputs; CPU: about 3x faster on long inputs, ~3x "
+        "the weights' memory); auto: on CPUs, not on GPUs (cuDNN is faster there)",
+    )  # fmt: skip
+    group.add_argument("--no-fft_convs", dest="fft_convs", action="store_const", const="false")
+    group.add_argument(
+        "--compile", action=flag, default=False,
+        help="torch.compile the network (compiles once per input shape)",
+    )  # fmt: skip
+    group.add_argument(
+        "--cuda_graphs", action=flag, default=False,
+        help="replay the network as a CUDA graph per input shape (CUDA only)",
+    )  # fmt: skip
+
+
+def speed_options(args: argparse.Namespace, device: torch.device) -> SpeedOptions:
+    """The :class:`SpeedOptions` of :func:`add_speed_arguments`' flags on ``device``."""
+    fft = args.fft_convs == "true" or (args.fft_convs == "auto" and device.type == "cpu")
+    return SpeedOptions(
+        fold_batchnorm=args.fold_batchnorm,
+        skip_masks=args.skip_masks,
+        compile=args.compile,
+        cuda_graphs=args.cuda_graphs,
+        fft_convs=fft,
+        dtype=DTYPES[args.precision] if args.amp else torch.float32,
+    )

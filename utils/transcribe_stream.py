@@ -26,7 +26,7 @@ import torch
 from common.audio import AudioLoadError
 from common.checkpoint import CheckpointError
 from jasper import config
-from jasper.prepare import DTYPES, SpeedOptions
+from jasper.prepare import add_speed_arguments, speed_options
 from jasper.streaming import (
     MicrophoneUnavailableError,
     StreamingTranscriber,
@@ -124,52 +124,8 @@ def get_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--cpu", action="store_const", const="cpu", dest="device", help="same as --device cpu"
     )
-    r.add_argument(
-        "--amp", action="store_true", help="run the network in half precision (--precision)"
-    )
-    r.add_argument(
-        "--precision", choices=("fp16", "bf16"), default="fp16", help="the type of --amp"
-    )
-    r.add_argument(
-        "--cudnn_benchmark",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="let cuDNN pick the fastest convolution algorithms",
-    )
-    r.add_argument(
-        "--fold_batchnorm",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="fold BatchNorm into the convolutions (same outputs, faster)",
-    )
-    r.add_argument(
-        "--skip_masks",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="skip the conv masks (one buffer, no padding: same outputs)",
-    )
-    r.add_argument(
-        "--fft_convs",
-        nargs="?",
-        const="true",
-        default="false",
-        choices=("auto", "true", "false"),
-        help="long convolutions by FFT (same outputs; pays on long CPU inputs, not on the short "
-        "buffers of a stream); auto: on the CPU only, as inference.py",
-    )
-    r.add_argument("--no-fft_convs", dest="fft_convs", action="store_const", const="false")
-    r.add_argument(
-        "--compile",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="torch.compile the network (one graph per buffer length)",
-    )
-    r.add_argument(
-        "--cuda_graphs",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="replay the network as a CUDA graph per buffer length (CUDA only)",
-    )
+    # FFT convolutions pay on long CPU inputs, not on the short buffers of a stream.
+    add_speed_arguments(r, fft_convs="false")
     o = p.add_argument_group("output")
     o.add_argument(
         "--save_predictions",
@@ -185,14 +141,7 @@ def build_streamer(args: argparse.Namespace) -> StreamingTranscriber:
         raise ValueError("--device cuda but no CUDA device is visible")
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
-    speed = SpeedOptions(
-        fold_batchnorm=args.fold_batchnorm,
-        skip_masks=args.skip_masks,
-        compile=args.compile,
-        cuda_graphs=args.cuda_graphs,
-        fft_convs=args.fft_convs == "true" or (args.fft_convs == "auto" and device.type == "cpu"),
-        dtype=DTYPES[args.precision] if args.amp else torch.float32,
-    )
+    speed = speed_options(args, device)
     offline = Transcriber.from_checkpoint(
         args.ckpt, args.model_config, ema=args.ema, device=device, speed=speed,
         overrides=args.override_config,
