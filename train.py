@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import gc
 import math
 import os
 import random
@@ -979,6 +980,10 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     finally:
         run.logger.close()
+        # DDP's reducer must go before its process group: destroyed after it, at interpreter
+        # exit, it can abort the process ("terminate called without an active exception").
+        run.model = unwrap(run.model)
+        gc.collect()
         distributed.shutdown()
     return 0
 

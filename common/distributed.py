@@ -73,5 +73,8 @@ def barrier() -> None:
 
 
 def shutdown() -> None:
+    """Leave the process group together: no rank tears it down while another is still in a
+    collective."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
