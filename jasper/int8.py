@@ -4,8 +4,9 @@ The features stay in PyTorch (:class:`common.features.FilterbankFeatures`); only
 model, ``(feats (B, F, T), feat_lens (B,)) -> (log_probs (B, T_enc, K), enc_lens (B,))``, becomes
 an int8 ONNX graph:
 
-1. :func:`export_onnx`: BatchNorm folded into the convolutions (:func:`jasper.prepare.fold_batchnorm`),
-   conv masks off, exported by the torch.export-based ONNX exporter with dynamic batch and time.
+1. :func:`export_onnx`: BatchNorm folded into the convolutions
+   (:func:`jasper.prepare.fold_batchnorm`), conv masks off, exported by the torch.export-based
+   ONNX exporter with dynamic batch and time.
 2. :func:`export_int8`: ONNX Runtime's ``quantize_static`` in the QDQ format, weights int8 per
    output channel, activations uint8 per tensor with ranges calibrated (min/max) on the features
    of a few real utterances. ORT fuses each QuantizeLinear -> DequantizeLinear -> Conv chain into

@@ -73,14 +73,15 @@ class SpeedOptions:
         """The fastest measured options for ``device`` that need no compilation or per-shape
         capture (bench/results/cpu_rtf.md; docs/cpu_inference.md).
 
-        ``half_ok`` allows half precision: the greedy transcripts of real speech stay the same
-        but the log-probs move by about 1e-2 (bf16: 8 mantissa bits), so frames whose two best
-        classes are that close may decode differently. Without it the outputs equal the
-        checkpoint's up to float32 rounding.
+        ``half_ok`` allows half precision: log-probs move by up to about 0.2 (bf16: 8 mantissa
+        bits), so frames whose two best classes are that close may decode differently
+        (bench/results/cpu_int8.md). Without it the outputs equal the checkpoint's up to float32
+        rounding.
 
         - CPU: ``fft_convs``; with ``half_ok`` on CPUs with native bf16 (AVX-512 BF16 or AMX),
-          also ``dtype=bfloat16`` (the FFT products then run as bf16 GEMMs). CPUs without native
-          bf16 emulate it, slower than float32: they stay in float32.
+          also ``dtype=bfloat16`` (the FFT products then run as bf16 GEMMs): 4.9x upstream-style
+          at 16.7 s, 3.2x at 7 s on a 2-core AVX-512 CPU (fp32: 1.8x, 1.35x). Elsewhere bf16 is
+          not chosen (not measured there).
         - CUDA: direct convolutions (cuDNN beats FFT there), fp16 with ``half_ok``.
         """
         device = torch.device(device)
@@ -140,7 +141,8 @@ def fft_size(span: int) -> int:
     products that mostly stream the spectra. Swept per Jasper layer (n in steps of 16, 7 s and
     16.7 s utterances, complex64 and bf16 products; docs/cpu_inference.md) on a 2-core AVX-512
     CPU: this rule was within the noise of the best size for every layer but the dilated one
-    (span 57: 112 was 5-15% faster than 128), and plain direct convolution never won.
+    (span 57: 112 was 5-15% faster than 128); direct convolution won only for 11-tap kernels in
+    float32, by about 10%.
     """
     return 2 ** math.ceil(math.log2(2 * span))
 
@@ -411,8 +413,9 @@ def add_speed_arguments(group: argparse._ArgumentGroup, fft_convs: str = "auto")
     group.add_argument(
         "--fft_convs", nargs="?", const="true", default=fft_convs,
         choices=("auto", "true", "false"),
-        help="long convolutions by FFT (same outputs; CPU: about 3x faster on long inputs, ~3x "
-        "the weights' memory); auto: on CPUs, not on GPUs (cuDNN is faster there)",
+        help="long convolutions by FFT (same outputs; CPU: 1.4-1.8x faster, 3x the weights' "
+        "memory; with --amp --precision bf16 on CPUs with native bf16: 3.2-4.9x, "
+        "docs/cpu_inference.md); auto: on CPUs, not on GPUs (cuDNN is faster there)",
     )  # fmt: skip
     group.add_argument("--no-fft_convs", dest="fft_convs", action="store_const", const="false")
     group.add_argument(
