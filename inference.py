@@ -21,12 +21,18 @@ Outputs:
   after the config's duration filter), then the entries of manifests without, then
   ``--transcribe_wav`` files, then the file list.
 - ``--save_logits PATH``: ``torch.save`` of ``{"names": [str], "log_probs": [Tensor (T_i, K)],
-  "labels": [str], "blank": int}`` with the log-probabilities (float32) of each utterance's valid
-  encoder frames (lengths preserved), in the predictions' order. Load it with
+  "labels": [str], "blank": int, "pad_leading": int}`` with the log-probabilities (float32) of
+  each utterance's valid encoder frames (lengths preserved, the leading padding's included), in
+  the predictions' order. Load it with
   ``torch.load(PATH, weights_only=True)``; no code of this repository is needed.
 - WER and latencies go to stdout and the JSON log (``--log_file``, default
   ``OUTPUT_DIR/nvlog_infer.json``); ``--latency_table PREFIX`` adds this run's latency row to
   ``PREFIX.json`` and ``PREFIX.md`` (``scripts/inference_benchmark.sh`` builds its sweep this way).
+
+int8 on the CPU (``--int8 PATH``, docs/cpu_inference.md): the acoustic model runs from the ONNX
+file ``python -m jasper.int8`` wrote (:class:`jasper.int8.Int8Model`, ONNX Runtime) instead of the
+checkpoint's PyTorch network; the checkpoint still gives the config (labels, front end) and the
+decoding settings. The speed options do not apply to it.
 
 Fixed against upstream (docs/upstream.md#known-upstream-defects): multi-process evaluation works
 (``torchrun``; every utterance is evaluated exactly once and the WER sums errors and words over
@@ -75,20 +81,20 @@ from common.logger import Logger
 from common.metrics import word_error_rate
 from common.output_formats import FORMATS, write_outputs
 from common.vad import VadUnavailableError, transcribe_with_vad
-from jasper import config
+from jasper import config, decoding_settings
 from jasper.decoding import (
     BeamDecoder,
     BeamSearchUnavailableError,
     GreedyDecoder,
     Hypothesis,
     Word,
-    build_decoder,
     unpad,
 )
+from jasper.int8 import Int8Model, conv_geometry
 from jasper.model import greedy_decode
 from jasper.prepare import SpeedOptions, add_speed_arguments, prepare, speed_options
 from jasper.streaming import StreamingTranscriber, file_chunks, transcribe_stream
-from jasper.transcribe import Transcriber, audio_files, load_model, receptive_field
+from jasper.transcribe import Transcriber, audio_files, load_model
 
 log = logging.getLogger("inference")
 
@@ -126,6 +132,14 @@ def get_parser() -> argparse.ArgumentParser:
         default=True,
         help="use the EMA weights (the raw weights, with a warning, if there are none)",
     )
+    m.add_argument(
+        "--int8",
+        default=None,
+        metavar="PATH",
+        help="run the acoustic model from this int8 ONNX file (python -m jasper.int8 writes it; "
+        "CPU only, the speed options do not apply); --ckpt still gives the config and the "
+        "decoding settings",
+    )
 
     d = p.add_argument_group("inputs")
     d.add_argument("--val_manifests", nargs="+", default=[], help="manifests to evaluate")
@@ -157,8 +171,9 @@ def get_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--pad_leading",
         type=int,
-        default=16,
-        help="zero feature frames put in front of every utterance",
+        default=None,
+        help="zero feature frames put in front of every utterance (default: the checkpoint's "
+        "decoding settings, else upstream's 16)",
     )
     d.add_argument(
         "--chunk_seconds",
@@ -232,16 +247,20 @@ def get_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("decoding (docs/decoding.md)")
     g.add_argument(
         "--decoder",
-        choices=("greedy", "beam"),
-        default="greedy",
-        help="greedy (upstream's) or CTC beam search (needs requirements-lm.txt)",
+        choices=decoding_settings.DECODERS,
+        default=None,
+        help="greedy (upstream's) or CTC beam search (needs requirements-lm.txt). This and the "
+        "four below default to the checkpoint's decoding settings (utils/tune_lm.py "
+        "--checkpoint writes them), else greedy, 32, no LM, 0.5, 1.0",
     )
-    g.add_argument("--beam_width", type=int, default=32, help="beam search: hypotheses kept")
+    g.add_argument("--beam_width", type=int, default=None, help="beam search: hypotheses kept")
     g.add_argument(
-        "--lm", default=None, help="beam search: word n-gram LM (ARPA, .arpa.gz or KenLM binary)"
+        "--lm",
+        default=None,
+        help="beam search: word n-gram LM (ARPA, .arpa.gz or KenLM binary); 'none': no LM",
     )
-    g.add_argument("--lm_alpha", type=float, default=0.5, help="beam search: LM weight")
-    g.add_argument("--lm_beta", type=float, default=1.0, help="beam search: word insertion bonus")
+    g.add_argument("--lm_alpha", type=float, default=None, help="beam search: LM weight")
+    g.add_argument("--lm_beta", type=float, default=None, help="beam search: word insertion bonus")
     g.add_argument(
         "--lexicon",
         default=None,
@@ -310,7 +329,7 @@ def check_inputs(args: argparse.Namespace) -> None:
         raise InputError("--synthetic_duration replaces the data: give no manifests or files")
     if args.steps > 0 and (args.transcribe_wav or args.transcribe_filelist):
         raise InputError("--steps times batches of manifests or synthetic audio, not audio files")
-    if (args.vad or args.stream) and (args.decoder != "greedy" or args.vad == args.stream):
+    if (args.vad or args.stream) and (args.decoder == "beam" or args.vad == args.stream):
         raise InputError("--vad and --stream are greedy, one at a time (not with --decoder beam)")
     if 0 < args.steps < min_steps(args.warmup_steps):
         raise InputError(
@@ -551,7 +570,7 @@ def write_predictions(records: list[Record], path: str) -> None:
             f.write(f"{r.name}\t{r.hypothesis}\n")
 
 
-def write_logits(records: list[Record], labels: list[str], path: str) -> None:
+def write_logits(records: list[Record], labels: list[str], path: str, pad_leading: int) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     torch.save(
         {
@@ -559,6 +578,7 @@ def write_logits(records: list[Record], labels: list[str], path: str) -> None:
             "log_probs": [r.log_probs for r in records],
             "labels": list(labels),
             "blank": len(labels),
+            "pad_leading": pad_leading,  # utils/tune_lm.py --checkpoint records it
         },
         path,
     )
@@ -598,7 +618,7 @@ def report_results(
         for path in write_outputs([(r.name, r) for r in gathered], prefix, others):
             print(f"{path.suffix[1:]} output written to {path}")
     if args.save_logits:
-        write_logits(gathered, labels, args.save_logits)
+        write_logits(gathered, labels, args.save_logits, args.pad_leading)
         print(f"log-probs of {len(gathered)} utterances written to {args.save_logits}")
 
 
@@ -614,7 +634,7 @@ def speed_label(speed: SpeedOptions) -> str:
 def report_latencies(
     latencies: Latencies,
     args: argparse.Namespace,
-    speed: SpeedOptions,
+    speed: SpeedOptions | None,
     cfg: dict,
     device: torch.device,
     logger: Logger,
@@ -637,8 +657,8 @@ def report_latencies(
         row = {
             "batch_size": args.batch_size,
             "duration": duration,
-            "precision": args.precision if args.amp else "fp32",
-            "options": speed_label(speed),
+            "precision": "int8" if args.int8 else args.precision if args.amp else "fp32",
+            "options": "onnxruntime" if speed is None else speed_label(speed),
             "steps": args.steps,
             "warmup_steps": args.warmup_steps,
             "latency_ms": summary,
@@ -671,27 +691,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def make_decoder(args: argparse.Namespace, cfg: dict, model: nn.Module):
-    """The decoder of ``--decoder``; word times count from the audio's start: the
-    ``--pad_leading`` frames are subtracted (encoder frames = feature frames / the stride)."""
-    _, features_kw = config.input(cfg, "val")
-    stride = receptive_field(model)[1]
-    timing = {
-        "frame_seconds": features_kw["window_stride"] * stride,
-        "offset_frames": args.pad_leading // stride,
-    }
-    if args.decoder == "greedy":
-        return GreedyDecoder(cfg["labels"], **timing)
+    """The decoder of the resolved decoding options (:func:`resolve_decoding`)."""
     if args.lm is None and args.lexicon:
         raise InputError("--lexicon constrains the words of an LM search: give --lm too")
-    return build_decoder(
-        "beam", cfg["labels"], beam_width=args.beam_width, lm=args.lm, alpha=args.lm_alpha,
-        beta=args.lm_beta, lexicon=args.lexicon, hotwords=args.hotwords,
-        num_workers=args.decoder_workers, **timing,
+    settings = {key: getattr(args, key) for key in decoding_settings.DEFAULTS}
+    return decoding_settings.build(
+        settings, cfg, model, lexicon=args.lexicon, hotwords=args.hotwords,
+        num_workers=args.decoder_workers,
     )  # fmt: skip
 
 
 def prepared_model(args: argparse.Namespace, device: torch.device):
-    """``(model ready to run on device, cfg, speed options)`` from ``--ckpt``."""
+    """``(model ready to run on device, cfg, speed options)`` from ``--ckpt``; with ``--int8``
+    the network is the int8 ONNX model and the speed options are None."""
+    if args.int8 is not None:
+        return int8_model(args, device)
     model, cfg = load_model(
         args.ckpt, args.model_config, ema=args.ema, overrides=args.override_config
     )
@@ -703,10 +717,52 @@ def prepared_model(args: argparse.Namespace, device: torch.device):
     return prepare(model.to(device), speed, inplace=True), cfg, speed
 
 
+def int8_model(args: argparse.Namespace, device: torch.device) -> tuple[Int8Model, dict, None]:
+    """``(the --int8 network, the checkpoint's cfg, None)``, after refusing what it cannot do."""
+    if device.type != "cpu":
+        raise InputError(
+            f"--int8 runs on the CPU (ONNX Runtime), this run is on {device.type}: add --cpu "
+            "(CPU=true for scripts/inference.sh)"
+        )
+    asked = [f"--{name}" for name in ("amp", "compile", "cuda_graphs") if getattr(args, name)]
+    if asked:
+        raise InputError(f"--int8 replaces the PyTorch network: leave out {' '.join(asked)}")
+    try:
+        int8 = Int8Model(args.int8)  # FileNotFoundError when missing: main reports it
+    except ValueError as e:  # an ONNX file not written by jasper.int8
+        raise InputError(str(e)) from None
+    model, cfg = load_model(
+        args.ckpt, args.model_config, ema=args.ema, overrides=args.override_config
+    )
+    if int8.metadata["conv_geometry"] != [list(g) for g in conv_geometry(model)]:  # JSON lists
+        raise InputError(
+            f"{args.int8} was exported from another architecture than {args.ckpt}: export it "
+            f"from this checkpoint (python -m jasper.int8 --ckpt {args.ckpt} --output ...)"
+        )
+    kind = "int8" if int8.metadata["int8"] else "fp32"
+    log.info("acoustic model: %s ONNX Runtime (%s)", kind, args.int8)
+    return int8, cfg, None
+
+
+def resolve_decoding(args: argparse.Namespace) -> None:
+    """Fill the decoding options left unset from the checkpoint's settings, else upstream's
+    defaults (jasper/decoding_settings.py), and log the result. ``--vad`` and ``--stream`` decode
+    greedily whatever the checkpoint says."""
+    keys = decoding_settings.DEFAULTS
+    given = {key: getattr(args, key) for key in keys}
+    if args.vad or args.stream:
+        given["decoder"] = "greedy"
+    settings, taken = decoding_settings.resolve(given, decoding_settings.read(args.ckpt))
+    for key in keys:
+        setattr(args, key, settings[key])
+    log.info(decoding_settings.describe(settings, taken))
+
+
 def run(args: argparse.Namespace) -> int:
     device, rank, world_size = distributed.init(args.device, args.local_rank, args.cudnn_benchmark)
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s")
     check_inputs(args)
+    resolve_decoding(args)
     if args.dali_device is None:
         from common.dali import dali_available
 

@@ -356,3 +356,16 @@ def greedy_decode(log_probs: torch.Tensor, lens: torch.Tensor | None = None) -> 
 
 def num_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def receptive_field(model: nn.Module) -> tuple[int, int]:
+    """``(half_width, stride)`` in feature frames: how far an encoder output frame looks to each
+    side along the main path (residual branches are 1x1 and never look further), and the product
+    of the strides."""
+    span, jump = 0, 1
+    for module in model.modules():
+        if isinstance(module, MaskedConv1d):
+            k, s, d = module.kernel_size[0], module.stride[0], module.dilation[0]
+            span += (k - 1) * d * jump
+            jump *= s
+    return (span + 1) // 2, jump

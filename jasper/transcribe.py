@@ -39,9 +39,9 @@ from torch import nn
 from common.audio import AUDIO_EXTENSIONS, AudioLoadError, check_finite, load_audio
 from common.checkpoint import CheckpointError, load_checkpoint, load_model_state, model_weights
 from common.features import FilterbankFeatures, normalize_with
-from jasper import config
-from jasper.decoding import greedy_texts
-from jasper.model import Jasper, MaskedConv1d
+from jasper import config, decoding_settings
+from jasper.decoding import BeamDecoder, GreedyDecoder
+from jasper.model import Jasper, receptive_field
 from jasper.prepare import SpeedOptions, prepare
 
 log = logging.getLogger(__name__)
@@ -117,19 +117,6 @@ def load_model(
     return model.eval(), cfg
 
 
-def receptive_field(model: nn.Module) -> tuple[int, int]:
-    """``(half_width, stride)`` in feature frames: how far an encoder output frame looks to each
-    side along the main path (residual branches are 1x1 and never look further), and the product
-    of the strides."""
-    span, jump = 0, 1
-    for module in model.modules():
-        if isinstance(module, MaskedConv1d):
-            k, s, d = module.kernel_size[0], module.stride[0], module.dilation[0]
-            span += (k - 1) * d * jump
-            jump *= s
-    return (span + 1) // 2, jump
-
-
 def shortest_audio(features: FilterbankFeatures) -> int:
     """The fewest samples ``features`` turns into frames as it does for any longer recording:
     ``n_fft // 2 + 1`` with reflect padding (torch.stft pads ``n_fft // 2`` samples by reflection,
@@ -162,7 +149,8 @@ class Transcript:
 
 
 class Transcriber:
-    """Greedy CTC transcription of recordings with a model and its config.
+    """CTC transcription of recordings with a model and its config: greedy, or with any decoder
+    of :mod:`jasper.decoding` (beam search with an LM).
 
     Args:
         model: a :class:`jasper.model.Jasper` or a prepared :class:`jasper.prepare.InferenceModel`
@@ -173,6 +161,7 @@ class Transcriber:
         chunk_seconds: recordings longer than this (plus context) run in chunks of this length.
         context_seconds: audio on each side of a chunk that the model sees but whose outputs are
             discarded; default: the model's receptive field, which makes chunking exact.
+        decoder: turns log-probs into text (:meth:`decode`); default: greedy.
     """
 
     def __init__(
@@ -184,6 +173,7 @@ class Transcriber:
         pad_leading: int = 16,
         chunk_seconds: float = 60.0,
         context_seconds: float | None = None,
+        decoder: GreedyDecoder | BeamDecoder | None = None,
     ) -> None:
         self.model = model
         self.cfg = cfg
@@ -209,6 +199,7 @@ class Transcriber:
         # Chunk starts and context widths are multiples of the stride so that encoder frames align.
         self.context = self.stride * math.ceil(context / self.stride)
         self.chunk = self.stride * max(1, round(chunk_seconds * frames_per_second / self.stride))
+        self.decoder = decoder or GreedyDecoder(self.labels)
 
     @classmethod
     def from_checkpoint(
@@ -220,14 +211,24 @@ class Transcriber:
         device: torch.device | str | None = None,
         speed: SpeedOptions | None = None,
         overrides: Sequence[str] = (),
+        decoding: dict | None = None,
         **kwargs,
     ) -> Transcriber:
         """Load a checkpoint (see :func:`load_model`), prepare it for ``device`` (default: CUDA
-        when available) with ``speed`` (default :class:`SpeedOptions`) and wrap it."""
+        when available) with ``speed`` (default :class:`SpeedOptions`) and wrap it.
+
+        The decoder and ``pad_leading`` follow ``decoding`` (keys of
+        :data:`jasper.decoding_settings.DEFAULTS`: ``decoder``, ``lm``, ``lm_alpha`` ...), then
+        the checkpoint's decoding settings, then upstream's defaults, as ``inference.py``
+        resolves them; a ``pad_leading`` keyword wins over both."""
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model, cfg = load_model(ckpt_path, model_config, ema=ema, overrides=overrides)
         prepared = prepare(model.to(device), speed or SpeedOptions(), inplace=True)
-        return cls(prepared, cfg, device, **kwargs)
+        given = {"pad_leading": kwargs.pop("pad_leading", None), **(decoding or {})}
+        settings, _ = decoding_settings.resolve(given, decoding_settings.read(ckpt_path))
+        if "decoder" not in kwargs:
+            kwargs["decoder"] = decoding_settings.build(settings, cfg, model)
+        return cls(prepared, cfg, device, pad_leading=settings["pad_leading"], **kwargs)
 
     # ----------------------------------------------------------------------------------------
 
@@ -337,8 +338,8 @@ class Transcriber:
         return torch.cat(outputs)
 
     def decode(self, log_probs: torch.Tensor) -> str:
-        """Greedy CTC transcript of log-probs (T_enc, K)."""
-        return greedy_texts(log_probs[None], None, self.labels)[0]
+        """Transcript of log-probs (T_enc, K) by the decoder (default greedy)."""
+        return self.decoder.decode(log_probs).text
 
     def transcribe(self, samples: np.ndarray | torch.Tensor) -> str:
         """Transcript of a recording given as samples at the model's rate."""

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Greedy CTC inference on a LibriSpeech split with the recipe's defaults (upstream
-# scripts/inference.sh). Every variable below can be set in the environment; positional
+# CTC inference on a LibriSpeech split with the recipe's defaults (upstream
+# scripts/inference.sh): greedy, or beam search with an LM (DECODER, LM, ...). Decoding settings
+# left unset come from the checkpoint when it carries them (jasper/decoding_settings.py). Every variable below can be set in the environment; positional
 # arguments fill DATA_DIR, MODEL_CONFIG, OUTPUT_DIR, CHECKPOINT. Extra arguments after those four go
 # to inference.py unchanged (e.g. --transcribe_wav FILE).
 #
@@ -10,6 +11,7 @@
 # Predictions go to PREDICTION_FILE (default ${OUTPUT_DIR}/${DATASET}.predictions); set it empty
 # (PREDICTION_FILE=) to write none. LOGITS_FILE saves the per-utterance log-probs.
 # MODEL_CONFIG= (empty) uses the config stored in the checkpoint (this recipe's checkpoints).
+# INT8=FILE runs the acoustic model from an int8 ONNX file on the CPU (docs/cpu_inference.md).
 # Without a CUDA device NUM_GPUS and DALI_DEVICE fall back to one CPU process and the PyTorch
 # loader (a line says so); values you set explicitly always win.
 set -euo pipefail
@@ -42,7 +44,7 @@ fi
 : "${CUDNN_BENCHMARK:=false}"
 : "${MAX_DURATION:=}"
 : "${PAD_TO_MAX_DURATION:=false}"
-: "${PAD_LEADING:=16}"
+: "${PAD_LEADING:=}"  # empty: the checkpoint's decoding settings, else 16
 : "${NUM_GPUS:=1}"
 : "${NUM_STEPS:=0}"
 : "${NUM_WARMUP_STEPS:=0}"
@@ -60,12 +62,13 @@ fi
 : "${FFT_CONVS:=auto}"
 : "${COMPILE:=false}"
 : "${CUDA_GRAPHS:=false}"
+: "${INT8:=}"  # empty: none; else an int8 ONNX file (python -m jasper.int8) for the network, CPU only
 : "${NUM_WORKERS:=4}"
-: "${DECODER:=greedy}"
-: "${BEAM_WIDTH:=32}"
+: "${DECODER:=}"     # these five, empty: the checkpoint's decoding settings (utils/tune_lm.py
+: "${BEAM_WIDTH:=}"  # --checkpoint writes them), else greedy, 32, no LM, 0.5, 1.0; LM=none: no LM
 : "${LM:=}"
-: "${LM_ALPHA:=0.5}"
-: "${LM_BETA:=1.0}"
+: "${LM_ALPHA:=}"
+: "${LM_BETA:=}"
 : "${OUTPUT_FORMAT:=txt}"
 : "${VAD:=false}"
 : "${PYTHON:=python3}"  # unless .venv/bin/python exists: scripts/lib/python.sh
@@ -89,7 +92,6 @@ args=(
   --output_dir="$OUTPUT_DIR"
   --batch_size="$BATCH_SIZE"
   --seed="$SEED"
-  --pad_leading="$PAD_LEADING"
   --steps="$NUM_STEPS"
   --warmup_steps="$NUM_WARMUP_STEPS"
   --dali_device="$DALI_DEVICE"
@@ -101,9 +103,14 @@ add_inference_model_args
 [[ -n "$PREDICTION_FILE" ]] && args+=(--save_predictions="$PREDICTION_FILE")
 [[ -n "$LOGITS_FILE" ]] && args+=(--save_logits="$LOGITS_FILE")
 read -r -a output_formats <<< "$OUTPUT_FORMAT"
-args+=(--decoder="$DECODER" --beam_width="$BEAM_WIDTH" --lm_alpha="$LM_ALPHA" --lm_beta="$LM_BETA"
-       --output_format "${output_formats[@]}")
+args+=(--output_format "${output_formats[@]}")
+[[ -n "$PAD_LEADING" ]] && args+=(--pad_leading="$PAD_LEADING")
+[[ -n "$INT8" ]] && args+=(--int8="$INT8")
+[[ -n "$DECODER" ]] && args+=(--decoder="$DECODER")
+[[ -n "$BEAM_WIDTH" ]] && args+=(--beam_width="$BEAM_WIDTH")
 [[ -n "$LM" ]] && args+=(--lm="$LM")
+[[ -n "$LM_ALPHA" ]] && args+=(--lm_alpha="$LM_ALPHA")
+[[ -n "$LM_BETA" ]] && args+=(--lm_beta="$LM_BETA")
 [[ "$VAD" == true ]] && args+=(--vad)
 if [[ -n "$MAX_DURATION" ]]; then
   args+=(--override_config "input_val.audio_dataset.max_duration=$MAX_DURATION"

@@ -1,6 +1,6 @@
-"""The offline demo corpus of the quick start (utils/make_demo_corpus.py): layout, audio,
-transcripts, held-out test voice, disjoint sentences, determinism and idempotence. Tiny corpora:
-a few seconds."""
+"""The offline demo corpus of the quick start (utils/make_demo_corpus.py, utils/demo_grammar.py):
+layout, audio, transcripts, the grammar, held-out test voices, disjoint sentences, determinism and
+idempotence. Tiny corpora: a few seconds."""
 
 import json
 import re
@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from utils import demo_grammar
 from utils import make_demo_corpus as mdc
 
 SIZES = dict(seed=3, train=12, dev=4, test=5, vocab=300)
@@ -81,7 +82,7 @@ def test_layout_and_audio(corpus):
             assert np.abs(x.astype(np.int32)).max() > 1000  # speech, not silence
         texts = _transcripts(split_dir)
         assert sorted(texts) == [p.stem for p in flacs]  # one line per file, one file per line
-    assert counts == {"train-clean-100": 12, "dev-clean": 4, "test-clean": 5}
+    assert counts == {"train-clean-100": 12, "dev-clean": 4, "test-clean": 5 * len(mdc.TEST_VOICES)}
     marker = json.loads((out / ".demo_corpus.json").read_text())
     assert {s: v["utterances"] for s, v in marker["splits"].items()} == counts
     assert all(v["hours"] > 0 for v in marker["splits"].values())
@@ -98,26 +99,46 @@ def test_transcripts_upper_case_from_vocabulary(corpus):
             assert set(words) <= vocab
 
 
-def test_test_voice_never_in_training(corpus):
+def test_test_voices_never_in_training(corpus):
     out, info = corpus
-    assert mdc.TEST_VOICE not in mdc.TRAIN_VOICES
-    assert info["voices"]["test"] == mdc.TEST_VOICE
+    assert len(mdc.TEST_VOICES) == 3 and not set(mdc.TEST_VOICES) & set(mdc.TRAIN_VOICES)
+    assert info["voices"]["test"] == list(mdc.TEST_VOICES)
     speakers = {s: {p.name for p in (out / s).iterdir() if p.is_dir()} for s in SPLITS}
-    assert speakers["test-clean"] == {str(mdc.speaker_id(mdc.TEST_VOICE))}
+    test_ids = {mdc.speaker_id(v) for v in mdc.TEST_VOICES}
+    assert speakers["test-clean"] == {str(i) for i in test_ids} and len(test_ids) == 3
     assert not speakers["test-clean"] & (speakers["train-clean-100"] | speakers["dev-clean"])
     train_ids = {mdc.speaker_id(v) for v in mdc.TRAIN_VOICES}
-    assert (
-        len(train_ids) == len(mdc.TRAIN_VOICES) and mdc.speaker_id(mdc.TEST_VOICE) not in train_ids
-    )
+    assert len(train_ids) == len(mdc.TRAIN_VOICES) and not test_ids & train_ids
     assert {int(s) for s in speakers["train-clean-100"] | speakers["dev-clean"]} <= train_ids
     listing = (out / "SPEAKERS.TXT").read_text()
-    assert re.search(
-        rf"^{mdc.speaker_id(mdc.TEST_VOICE)}\s*\|test-clean\s*\|{re.escape(mdc.TEST_VOICE)}$",
-        listing,
-        re.M,
-    )
+    for voice in mdc.TEST_VOICES:  # --test utterances of each test voice
+        assert re.search(
+            rf"^{mdc.speaker_id(voice)}\s*\|test-clean\s*\|{re.escape(voice)}$", listing, re.M
+        )
+        ids = [
+            u for u in _transcripts(out / "test-clean") if u.startswith(f"{mdc.speaker_id(voice)}-")
+        ]
+        assert len(ids) == SIZES["test"]
     with pytest.raises(ValueError, match="training voices"):
-        mdc.plan_corpus(0, 1, 1, 1, 300, test_voice="en-us+m3")
+        mdc.plan_corpus(0, 1, 1, 1, 300, test_voices=("en-us+f4", "en-us+m3"))
+
+
+def test_grammar_sentences_have_structure():
+    """Every word of the grammar is one of the 300 most frequent; its sentences repeat word pairs
+    (what an n-gram LM learns), random orders of the same words hardly do."""
+    assert demo_grammar.vocabulary() <= set(mdc.load_words(300))
+    rng = np.random.default_rng(0)
+    grammar = mdc._sentences(rng, 2000, None, set(), "train", "grammar")
+    words = sorted(demo_grammar.vocabulary())
+    random = mdc._sentences(rng, 2000, words, set(), "train", "random")
+
+    def distinct_bigrams(sentences):
+        return len({p for s in sentences for p in zip(s.split(), s.split()[1:])})
+
+    assert all(4 <= len(s.split()) <= 12 for s in grammar)
+    assert "they said that" in " ".join(grammar) or "i think that" in " ".join(grammar)
+    assert " an " in " ".join(grammar) and " a old " not in " ".join(grammar)
+    assert distinct_bigrams(grammar) < distinct_bigrams(random) / 3
 
 
 def test_dev_test_sentences_not_in_train(corpus):
@@ -128,7 +149,7 @@ def test_dev_test_sentences_not_in_train(corpus):
         assert not set(sentences[s]) & train
     assert not set(sentences["dev-clean"]) & set(sentences["test-clean"])
     # and on a plan big enough for collisions to be likely with only 20 words
-    plan = mdc.plan_corpus(0, 3000, 300, 300, 20)
+    plan = mdc.plan_corpus(0, 3000, 300, 300, 20, sentences="random")
     by_split = {}
     for split, _, _, _, utts in plan:
         by_split.setdefault(split, []).extend(text for _, text, _, _ in utts)
@@ -203,38 +224,10 @@ def test_never_deletes_a_foreign_split(tmp_path):
 
 
 def test_cli(tmp_path, capsys):
-    mdc.main(
-        [
-            "--out",
-            str(tmp_path / "cli"),
-            "--train",
-            "2",
-            "--dev",
-            "1",
-            "--test",
-            "1",
-            "--jobs",
-            "1",
-            "--no-progress",
-        ]
-    )
+    args = ["--out", str(tmp_path / "cli"), "--train", "2", "--dev", "1", "--test", "1"]
+    mdc.main([*args, "--test-voices", "en-us+f4", "en-us+klatt4", "--jobs", "1", "--no-progress"])
     line = capsys.readouterr().out.strip()
-    assert (
-        line.startswith("demo corpus ")
-        and "train-clean-100 2 utts" in line
-        and "test-clean 1 utts" in line
-    )
-    mdc.main(
-        [
-            "--out",
-            str(tmp_path / "cli"),
-            "--train",
-            "2",
-            "--dev",
-            "1",
-            "--test",
-            "1",
-            "--no-progress",
-        ]
-    )
+    assert line.startswith("demo corpus ") and "train-clean-100 2 utts" in line
+    assert "test-clean 2 utts" in line  # one utterance of each test voice
+    mdc.main([*args, "--test-voices", "en-us+f4", "en-us+klatt4", "--no-progress"])
     assert "skipped" in capsys.readouterr().out

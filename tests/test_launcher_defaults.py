@@ -45,8 +45,11 @@ def launcher_defaults(script: str) -> dict[str, str]:
 
 
 def parser_value(parser: argparse.ArgumentParser, dest: str, text: str):
-    """``text`` as the parser would store it for ``dest``."""
+    """``text`` as the parser would store it for ``dest``; an empty launcher default passes no
+    flag (the parser's None: decided later, e.g. from the checkpoint)."""
     action = next(a for a in parser._actions if a.dest == dest)
+    if text == "":
+        return None
     if action.nargs in ("*", "+"):
         return [action.type(v) for v in text.split()]
     if action.type is None and isinstance(action.default, bool):

@@ -32,7 +32,7 @@ from tritonclient.grpc import model_config_pb2
 import inference
 from common.audio import AudioLoadError, load_audio
 from common.features import FilterbankFeatures
-from jasper import config
+from jasper import config, decoding_settings
 from jasper.decoding import greedy_texts
 from jasper.transcribe import Transcriber, load_model
 from tests.conftest import AUDIO, REFERENCE, REPO
@@ -171,15 +171,16 @@ def test_padded_batch_through_the_exported_pipeline_equals_single_runs(
 
 
 def test_leading_padding_defaults_agree_everywhere(exported):
-    """16 zero frames: inference.py, scripts/inference.sh, export.py, export_model.sh, and what
-    the export and the ensemble's parameters record."""
-    default = inference.get_parser().get_default("pad_leading")
-    assert default == 16
-    assert export.get_parser().get_default("pad_leading") == default
+    """Without decoding settings in the checkpoint, 16 zero frames (upstream's): inference.py,
+    scripts/inference.sh, export.py and export_model.sh leave it unset and resolve it the same
+    way (jasper/decoding_settings.py), and the export and the ensemble's parameters record it."""
+    default = decoding_settings.DEFAULTS["pad_leading"]
+    assert default == 16 and default == export.PAD_LEADING
+    assert inference.get_parser().get_default("pad_leading") is None
+    assert export.get_parser().get_default("pad_leading") is None
     for script in ("scripts/inference.sh", "triton/scripts/export_model.sh"):
         text = (REPO / script).read_text()
-        assert f': "${{PAD_LEADING:={default}}}"' in text, script
-    assert "--pad_leading" in (REPO / "triton/scripts/export_model.sh").read_text()
+        assert ': "${PAD_LEADING:=}"' in text and "--pad_leading" in text, script
     manifest = json.loads((exported / "export.json").read_text())
     assert manifest["pad_leading"] == default and manifest["min_num_samples"] == 257
 

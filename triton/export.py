@@ -73,7 +73,7 @@ from torch import nn
 from common.audio import AudioLoadError, load_audio
 from common.checkpoint import CheckpointError
 from common.features import FilterbankFeatures
-from jasper import config
+from jasper import config, decoding_settings
 from jasper.model import Jasper, MaskedConv1d, greedy_decode
 from jasper.transcribe import audio_files, load_model, shortest_audio
 
@@ -121,8 +121,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pad_leading",
         type=int,
-        default=PAD_LEADING,
-        help="zero feature frames the extractor puts in front (inference.py's --pad_leading)",
+        default=None,
+        help="zero feature frames the extractor puts in front (inference.py's --pad_leading); "
+        f"default: the checkpoint's decoding settings, else {PAD_LEADING}",
     )
     p.add_argument(
         "--device",
@@ -808,6 +809,8 @@ def run(args: argparse.Namespace) -> list[ExportManifest]:
         device = torch.device(args.device)
     names = requested_names(args.convert)
     model, cfg = load_model(args.ckpt, args.model_config, ema=args.ema)
+    if args.pad_leading is None:  # as inference.py resolves it
+        args.pad_leading = decoding_settings.read(args.ckpt).get("pad_leading", PAD_LEADING)
     dataset_kw, features_kw = config.input(cfg, "val")
     files = audio_files(args.check_audio)
     if args.check_files > 0:

@@ -12,13 +12,18 @@ no download, no apt package) and written exactly as LibriSpeech is laid out::
 with the split names ``train-clean-100``, ``dev-clean`` and ``test-clean``, so that the launchers
 run on it unchanged (``DATA_DIR=<out>``). Transcripts are upper case.
 
-- Sentences are 4-12 words drawn uniformly from the N most frequent English words of
-  ``utils/demo_words.txt`` (``--vocab``, default 300). Every sentence is unique, and no dev or
-  test sentence occurs in train.
+- Sentences of 4-12 words. By default (``--sentences grammar``) they follow the small English
+  grammar of ``utils/demo_grammar.py`` over the 300 most frequent words of
+  ``utils/demo_words.txt`` ("they said that people read a lot of music next week"): sentences
+  with structure, which a word n-gram LM learns from the training transcripts. With
+  ``--sentences random`` their words are drawn uniformly from the N most frequent words
+  (``--vocab``, default 300). Every sentence is unique, and no dev or test sentence occurs in
+  train.
 - One speaker folder per espeak voice (accent x variant, see ``TRAIN_VOICES``); every utterance
   has its own rate (U[130, 200] words per minute) and pitch (U[30, 70]). ``train-clean-100`` and
-  ``dev-clean`` use the training voices; ``test-clean`` is spoken by a voice never used in
-  training (``--test-voice``, default ``en-us+f4``: a variant no training voice has).
+  ``dev-clean`` use the training voices; ``test-clean`` holds ``--test`` utterances of each
+  held-out voice (``--test-voices``, default ``TEST_VOICES``: an unseen variant, an unseen accent
+  with an unseen variant, and an unseen Klatt variant), each its own speaker.
 - Deterministic: the same arguments give byte-identical transcripts and identical audio, whatever
   ``--jobs`` is. espeak-ng keeps synthesis state between utterances in static variables that no
   API resets (pitch flutter phase, gain control, noise filters), so each chapter is synthesised
@@ -58,6 +63,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from utils import demo_grammar
+
 SAMPLE_RATE = 16000
 TRAIN_SPLIT, DEV_SPLIT, TEST_SPLIT = "train-clean-100", "dev-clean", "test-clean"
 SPLITS = (TRAIN_SPLIT, DEV_SPLIT, TEST_SPLIT)
@@ -65,13 +72,16 @@ SPLITS = (TRAIN_SPLIT, DEV_SPLIT, TEST_SPLIT)
 # Voices are "<accent><variant>". en-gb and en-gb+f3 fail in libespeak-ng 1.52 (use "en").
 ACCENTS = ("en", "en-us", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-us-nyc", "en-gb-x-gbclan")
 _MALE, _FEMALE = ("+m1", "+m2", "+m3", "+m5", "+m6", "+m7"), ("+f1", "+f2", "+f3", "+f5")
-VARIANTS = ("", *_MALE, *_FEMALE, "+klatt", "+croak")
+_KLATT = ("+klatt", "+klatt2", "+klatt3", "+klatt5", "+klatt6")  # Klatt formant synthesis
+VARIANTS = ("", *_MALE, *_FEMALE, *_KLATT, "+croak")
 TRAIN_VOICES = tuple(accent + variant for accent in ACCENTS for variant in VARIANTS)
-TEST_VOICE = "en-us+f4"  # variant f4 is never used in training
-HARD_TEST_VOICE = "en-gb-x-gbcwmd+m4"  # accent and variant both unseen
-# Held-out accent and variants extend the grid that numbers the speakers (see speaker_id).
+# Held-out voices of three kinds, none used in training: a variant (f4), an accent with a variant
+# (the West Midlands accent, m4), and a Klatt-synthesised variant (klatt4; training has the other
+# Klatt variants).
+TEST_VOICES = ("en-us+f4", "en-gb-x-gbcwmd+m4", "en-us+klatt4")
+# Held-out accents and variants extend the grid that numbers the speakers (see speaker_id).
 _ID_ACCENTS = (*ACCENTS, "en-gb-x-gbcwmd")
-_ID_VARIANTS = (*VARIANTS, "+f4", "+m4")
+_ID_VARIANTS = (*VARIANTS, "+f4", "+m4", "+klatt4")
 
 RATE_WPM = (130, 200)  # inclusive
 PITCH = (30, 70)  # inclusive, espeak's 0-99 scale
@@ -83,7 +93,10 @@ SPLIT_TAG = ".demo_corpus_split"
 FORMAT_VERSION = 1
 _SPEAKERS_HEADER = ";ID  |SUBSET          |VOICE (espeak-ng)\n"
 
-DEFAULTS = dict(seed=0, train=6000, dev=200, test=200, vocab=300, test_voice=TEST_VOICE)
+SENTENCES = ("grammar", "random")
+DEFAULTS = dict(
+    seed=0, train=6000, dev=200, test=200, vocab=300, test_voices=TEST_VOICES, sentences="grammar"
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -115,43 +128,60 @@ def speaker_id(voice: str) -> int:
     return 9000 + zlib.crc32(voice.encode()) % 1000
 
 
-def _sentences(rng, n, vocab, taken, split):
-    """``n`` new sentences (space-separated words), none in ``taken``; adds them to ``taken``."""
+def _sentences(rng, n, vocab, taken, split, kind="grammar"):
+    """``n`` new sentences (space-separated words), none in ``taken``; adds them to ``taken``.
+    ``kind``: "grammar" (``demo_grammar.sentence``, 4-12 words) or "random" (4-12 words of
+    ``vocab``)."""
     lo, hi = WORDS_PER_SENTENCE
     out, tries = [], 0
     while len(out) < n:
         tries += 1
         if tries > 100 * n + 1000:
             raise ValueError(f"cannot draw {n} distinct {split} sentences from {len(vocab)} words")
-        k = int(rng.integers(lo, hi + 1))
-        sentence = " ".join(vocab[i] for i in rng.integers(0, len(vocab), k))
+        if kind == "grammar":
+            sentence = demo_grammar.sentence(rng)
+            if not lo <= sentence.count(" ") + 1 <= hi:
+                continue
+        else:
+            k = int(rng.integers(lo, hi + 1))
+            sentence = " ".join(vocab[i] for i in rng.integers(0, len(vocab), k))
         if sentence not in taken:
             taken.add(sentence)
             out.append(sentence)
     return out
 
 
-def plan_corpus(seed, train, dev, test, vocab, test_voice=TEST_VOICE):
+def plan_corpus(
+    seed, train, dev, test, vocab, test_voices=TEST_VOICES, sentences=DEFAULTS["sentences"]
+):
     """Everything random about the corpus, drawn in this (main) process from one seeded generator.
 
-    Returns a list of chapters ``(split, speaker, chapter, voice, [(utt_id, text, rate, pitch)])``;
-    the utterance ids are ``<speaker>-<chapter>-<index:04d>``. Text is lower case, as spoken.
+    ``test`` utterances per test voice. Returns a list of chapters
+    ``(split, speaker, chapter, voice, [(utt_id, text, rate, pitch)])``; the utterance ids are
+    ``<speaker>-<chapter>-<index:04d>``. Text is lower case, as spoken.
     """
-    if test_voice in TRAIN_VOICES:
-        raise ValueError(f"test voice {test_voice!r} is one of the training voices")
+    if isinstance(test_voices, str):
+        test_voices = (test_voices,)
+    for voice in test_voices:
+        if voice in TRAIN_VOICES:
+            raise ValueError(f"test voice {voice!r} is one of the training voices")
+    if len(set(map(speaker_id, test_voices))) != len(test_voices):
+        raise ValueError(f"test voices {list(test_voices)}: a voice is given twice")
+    if sentences not in SENTENCES:
+        raise ValueError(f"sentences must be one of {SENTENCES}, got {sentences!r}")
     words = load_words(vocab)
     rng = np.random.default_rng(seed)
     taken: set[str] = set()
     chapters = []
     for split_ix, (split, n) in enumerate(
-        ((TRAIN_SPLIT, train), (DEV_SPLIT, dev), (TEST_SPLIT, test))
+        ((TRAIN_SPLIT, train), (DEV_SPLIT, dev), (TEST_SPLIT, test * len(test_voices)))
     ):
         if n < 0:
             raise ValueError(f"{split}: negative size {n}")
-        texts = _sentences(rng, n, words, taken, split)
-        if split == TEST_SPLIT:
-            voices = np.zeros(n, dtype=np.int64)
-            voice_names = [test_voice]
+        texts = _sentences(rng, n, words, taken, split, sentences)
+        if split == TEST_SPLIT:  # test utterances of each voice, in turn
+            voices = np.arange(n) % len(test_voices)
+            voice_names = list(test_voices)
         else:  # balanced over the training voices, in random order
             voices = rng.permutation(n) % len(TRAIN_VOICES)
             voice_names = list(TRAIN_VOICES)
@@ -314,8 +344,10 @@ def _synth_chapter(task):
 # Corpus
 
 
-def _arguments(seed, train, dev, test, vocab, test_voice):
+def _arguments(seed, train, dev, test, vocab, test_voices, sentences):
     words = "\n".join(load_words(vocab))
+    if sentences == "grammar":  # the grammar is part of what the corpus is made of
+        words += "\n" + json.dumps(demo_grammar.GRAMMAR, sort_keys=True)
     return {
         "format": FORMAT_VERSION,
         "seed": int(seed),
@@ -323,7 +355,8 @@ def _arguments(seed, train, dev, test, vocab, test_voice):
         "dev": int(dev),
         "test": int(test),
         "vocab": int(vocab),
-        "test_voice": test_voice,
+        "sentences": sentences,
+        "test_voices": list(test_voices),
         "words_sha256": hashlib.sha256(words.encode()).hexdigest(),
     }
 
@@ -380,7 +413,8 @@ def make_demo_corpus(
     test=DEFAULTS["test"],
     vocab=DEFAULTS["vocab"],
     jobs=None,
-    test_voice=DEFAULTS["test_voice"],
+    test_voices=DEFAULTS["test_voices"],
+    sentences=DEFAULTS["sentences"],
     progress=True,
     verbose=True,
 ) -> dict:
@@ -388,7 +422,9 @@ def make_demo_corpus(
     (True when a finished corpus with the same arguments was already there) and ``seconds``."""
     t0 = time.perf_counter()
     out = Path(out)
-    args = _arguments(seed, train, dev, test, vocab, test_voice)
+    if isinstance(test_voices, str):
+        test_voices = (test_voices,)
+    args = _arguments(seed, train, dev, test, vocab, test_voices, sentences)
     marker = read_marker(out)
     if (
         marker is not None
@@ -399,7 +435,7 @@ def make_demo_corpus(
             print(_summary_line(out, marker, skipped=True), flush=True)
         return {**marker, "skipped": True, "seconds": time.perf_counter() - t0}
 
-    chapters = plan_corpus(seed, train, dev, test, vocab, test_voice)
+    chapters = plan_corpus(seed, train, dev, test, vocab, test_voices, sentences)
     out.mkdir(parents=True, exist_ok=True)
     _clean(out)
     for split in SPLITS:
@@ -457,7 +493,7 @@ def make_demo_corpus(
             }
             for s, (n, samples) in counts.items()
         },
-        "voices": {"train": list(TRAIN_VOICES), "test": test_voice},
+        "voices": {"train": list(TRAIN_VOICES), "test": list(test_voices)},
         "sample_rate": SAMPLE_RATE,
     }
     tmp = out / (MARKER + ".tmp")
@@ -473,7 +509,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(
         description="Write an offline synthetic speech corpus (espeak-ng voices) in LibriSpeech "
         "layout for the quick start: train-clean-100, dev-clean (training voices) and test-clean "
-        "(a voice never used in training). Same arguments: same corpus; a finished corpus is "
+        "(voices never used in training). Same arguments: same corpus; a finished corpus is "
         "found and skipped.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -483,17 +519,26 @@ def main(argv=None):
         "--train", type=int, default=DEFAULTS["train"], help="train-clean-100 utterances"
     )
     p.add_argument("--dev", type=int, default=DEFAULTS["dev"], help="dev-clean utterances")
-    p.add_argument("--test", type=int, default=DEFAULTS["test"], help="test-clean utterances")
+    p.add_argument(
+        "--test", type=int, default=DEFAULTS["test"], help="test-clean utterances per test voice"
+    )
+    p.add_argument(
+        "--sentences",
+        choices=SENTENCES,
+        default=DEFAULTS["sentences"],
+        help="grammar: sentences of utils/demo_grammar.py; random: random orders of --vocab words",
+    )
     p.add_argument(
         "--vocab",
         type=int,
         default=DEFAULTS["vocab"],
-        help=f"vocabulary: the N most frequent words of {WORDS_FILE.name}",
+        help=f"--sentences random: the N most frequent words of {WORDS_FILE.name}",
     )
     p.add_argument(
-        "--test-voice",
-        default=DEFAULTS["test_voice"],
-        help=f"espeak-ng voice of test-clean, never used in training (harder: {HARD_TEST_VOICE})",
+        "--test-voices",
+        nargs="+",
+        default=list(DEFAULTS["test_voices"]),
+        help="espeak-ng voices of test-clean, none used in training",
     )
     p.add_argument("--jobs", type=int, default=os.cpu_count(), help="worker processes")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -506,7 +551,8 @@ def main(argv=None):
         test=a.test,
         vocab=a.vocab,
         jobs=a.jobs,
-        test_voice=a.test_voice,
+        test_voices=tuple(a.test_voices),
+        sentences=a.sentences,
         progress=not a.no_progress,
     )
 

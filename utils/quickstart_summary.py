@@ -1,8 +1,10 @@
-"""The quick start's closing summary: test WER, a few predictions next to their references, the
-transcripts of the real recordings (with references where known), and where the outputs are.
+"""The quick start's closing summary: test WER of each held-out voice with greedy decoding, beam
+search without an LM and beam search with the LM (the checkpoint's decoding settings), a few
+predictions next to their references, the transcripts of the real recordings, and where the
+outputs are. The per-voice table is also written to ``OUTPUT_DIR/test_wer_by_voice.{md,json}``.
 
-    python utils/quickstart_summary.py --data_dir D --output_dir O --manifest M --predictions P \
-        --recordings R --recording_dir data/audio --checkpoint C --seconds S
+    python utils/quickstart_summary.py --output_dir O --data_dir D --logits L --predictions P \
+        --recordings R --checkpoint C --seconds S
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from pathlib import Path
 
 from common.metrics import word_error_rate
 from common.text import DEFAULT_LABELS, normalize
+from jasper import decoding_settings
+from jasper.decoding import BeamDecoder, GreedyDecoder
+from utils.tune_lm import load_logits, manifest_references
 
 
 def read_predictions(path: Path) -> dict[str, str]:
@@ -23,20 +28,59 @@ def read_predictions(path: Path) -> dict[str, str]:
     return out
 
 
-def references(manifest: Path) -> dict[str, str]:
+def voices(data_dir: Path) -> dict[str, str]:
+    """Speaker id -> espeak voice, from the corpus's SPEAKERS.TXT."""
     out = {}
-    for entry in json.loads(manifest.read_text()):
-        speed_one = [f for f in entry["files"] if float(f.get("speed", 1)) == 1.0] or entry["files"]
-        out[speed_one[-1]["fname"]] = normalize(entry["transcript"], DEFAULT_LABELS)
+    for line in (data_dir / "SPEAKERS.TXT").read_text().splitlines():
+        if not line.startswith(";") and line.count("|") == 2:
+            speaker, _, voice = (part.strip() for part in line.split("|"))
+            out[speaker] = voice
     return out
 
 
 def known_transcript(audio: Path) -> str | None:
-    """data/audio ships a .txt beside some recordings; example1's text is in its README."""
+    """data/audio ships a .txt beside some recordings."""
     txt = audio.with_suffix(".txt")
     if txt.is_file():
         return normalize(txt.read_text(), DEFAULT_LABELS)
     return None
+
+
+def wer_by_voice(
+    names: list[str], hypotheses: dict[str, list[str]], refs: dict[str, str], voice_of: dict
+) -> list[dict]:
+    """One row per voice (and one for all): WER in % of each decoding."""
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        groups.setdefault(voice_of[Path(name).name.split("-")[0]], []).append(i)
+    rows = []
+    for voice, idx in [*groups.items(), ("all", list(range(len(names))))]:
+        row = {"voice": voice, "utterances": len(idx)}
+        for kind, texts in hypotheses.items():
+            wer, _, words = word_error_rate([texts[i] for i in idx], [refs[names[i]] for i in idx])
+            row[kind] = round(100 * wer, 2)
+            row["words"] = words
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict], settings: dict) -> str:
+    lm = (
+        f"{Path(settings['lm']).name}, alpha {settings['lm_alpha']:g}, beta {settings['lm_beta']:g}"
+    )
+    lines = [
+        f"| test voice | utterances | greedy WER % | beam {settings['beam_width']}, no LM | "
+        f"beam + LM ({lm}) | LM vs greedy |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        change = 100 * (r["lm"] - r["greedy"]) / r["greedy"] if r["greedy"] else 0.0
+        cells = [r["voice"], str(r["utterances"]), f"{r['greedy']:.2f}", f"{r['beam']:.2f}",
+                 f"{r['lm']:.2f}", f"{change:+.0f}%"]  # fmt: skip
+        if r["voice"] == "all":
+            cells = [f"**{c}**" for c in cells]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -44,41 +88,63 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--output_dir", type=Path, required=True)
+    p.add_argument("--data_dir", type=Path, required=True, help="the corpus (SPEAKERS.TXT)")
     p.add_argument("--manifest", type=Path, required=True, help="the test manifest")
+    p.add_argument("--logits", type=Path, required=True, help="test log-probs (--save_logits)")
     p.add_argument("--predictions", type=Path, required=True, help="test predictions")
     p.add_argument(
         "--recordings", type=Path, required=True, help="predictions of the real recordings"
     )
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--seconds", type=int, default=0, help="wall time so far")
-    p.add_argument("--show", type=int, default=5, help="predictions to show")
+    p.add_argument("--show", type=int, default=4, help="predictions to show")
     args = p.parse_args()
 
-    refs = references(args.manifest)
-    hyps = read_predictions(args.predictions)
-    names = [n for n in refs if n in hyps]
-    wer, errors, words = word_error_rate([hyps[n] for n in names], [refs[n] for n in names])
-    print(
-        f"\nTest WER (synthetic test-clean, a voice never heard in training): {100 * wer:.2f}% "
-        f"({errors} errors / {words} words, {len(names)} utterances)"
+    names, log_probs, labels, pad_leading = load_logits(args.logits)
+    refs = manifest_references([str(args.manifest)], str(args.data_dir), labels)
+    settings, _ = decoding_settings.resolve({}, decoding_settings.read(args.checkpoint))
+    beam = {"beam_width": settings["beam_width"], "num_workers": 2}
+    lm = {"lm": settings["lm"], "alpha": settings["lm_alpha"], "beta": settings["lm_beta"]}
+    decoders = {
+        "greedy": GreedyDecoder(labels),
+        "beam": BeamDecoder(labels, **beam),
+        "lm": BeamDecoder(labels, **beam, **lm),
+    }
+    hypotheses = {kind: [h.text for h in d.decode_batch(log_probs)] for kind, d in decoders.items()}
+    rows = wer_by_voice(names, hypotheses, refs, voices(args.data_dir))
+    table = markdown(rows, settings)
+    (args.output_dir / "test_wer_by_voice.md").write_text(table)
+    (args.output_dir / "test_wer_by_voice.json").write_text(
+        json.dumps({"decoding": settings, "pad_leading": pad_leading, "rows": rows}, indent=1)
+        + "\n"
     )
-    for n in names[: args.show]:
-        print(f"  ref: {refs[n]}\n  hyp: {hyps[n]}")
+    print("\nTest WER by voice (synthetic test-clean: voices never heard in training, sentences")
+    print(
+        "never seen; the LM is a 3-gram of the training transcripts, alpha and beta tuned on dev):"
+    )
+    print(table)
+    final = read_predictions(args.predictions)  # what evaluation.sh wrote with these settings
+    same = sum(final.get(n) == h for n, h in zip(names, hypotheses["lm"], strict=True))
+    print(f"({same} of {len(names)} of evaluation.sh's transcripts equal the beam + LM column)")
+    for i in range(min(args.show, len(names))):
+        print(f"  ref:    {refs[names[i]]}\n  greedy: {hypotheses['greedy'][i]}")
+        print(f"  LM:     {hypotheses['lm'][i]}")
 
-    print(
-        "\nReal recordings (data/audio; the demo model knows only its 300 words, so expect little):"
-    )
+    print("\nReal recordings (data/audio; the demo model knows a few hundred words of synthetic")
+    print("speech, not English, so expect little):")
     for name, text in read_predictions(args.recordings).items():
         ref = known_transcript(Path(name))
         print(f"  {Path(name).name}: {text}" + (f"\n    (said: {ref})" if ref else ""))
 
     out = args.output_dir
     print("\nWhere things are:")
-    print(f"  checkpoint:     {args.checkpoint}")
+    print(f"  checkpoint:     {args.checkpoint} (with its decoding settings)")
+    print(f"  LM:             {settings['lm']}")
     print(f"  JSON log:       {out / 'nvlog.json'}")
     print(f"  TensorBoard:    tensorboard --logdir {out}")
     print(f"  training curve: {out / 'training_curve.png'}")
-    print(f"  predictions:    {args.predictions}")
+    print(f"  predictions:    {args.predictions} (and .json, .srt next to it)")
+    print(f"  WER by voice:   {out / 'test_wer_by_voice.md'}")
     if args.seconds:
         print(f"\nQuick start finished in {args.seconds // 60} min {args.seconds % 60} s.")
 

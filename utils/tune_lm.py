@@ -10,13 +10,18 @@ matched by the speed-1.0 file relative to the data folder, as predictions name t
 
 Writes ``<out>.md`` (a table of WER per setting, greedy first, the best in bold) and ``<out>.json``
 (the same rows, the greedy WER and the best setting), and prints the best setting. Tune on a dev
-split, then evaluate the chosen alpha and beta once on the test splits.
+split, then evaluate the chosen alpha and beta once on the test splits. With ``--checkpoint CKPT``
+the best setting becomes the checkpoint's decoding settings (beam search with this LM, the best
+alpha, beta and beam width, and the ``pad_leading`` the log-probs were made with; see
+``jasper/decoding_settings.py``): ``inference.py``, ``inference.sh`` and ``evaluation.sh`` then
+use them whenever they are not given.
 
 Usage::
 
     python utils/tune_lm.py dev-other.logits.pt --manifests librispeech-dev-other-wav.json \\
         --dataset_dir /datasets/LibriSpeech --lm 4-gram.arpa.gz --out dev-other.lm_tuning \\
-        [--alphas 0.5 1 1.5 ...] [--betas -1 0 1 ...] [--beam_widths 32 ...] [--num_workers N]
+        [--alphas 0.5 1 1.5 ...] [--betas -1 0 1 ...] [--beam_widths 32 ...] [--num_workers N] \
+        [--checkpoint Jasper_best_checkpoint.pt]
 """
 
 from __future__ import annotations
@@ -33,15 +38,18 @@ import torch
 
 from common.dataset import read_manifests
 from common.metrics import word_error_rate
+from jasper import decoding_settings
 from jasper.decoding import BeamDecoder, GreedyDecoder
 
 
-def load_logits(path: str | Path) -> tuple[list[str], list[torch.Tensor], list[str]]:
-    """``(names, log_probs, labels)`` of a ``--save_logits`` file."""
+def load_logits(path: str | Path) -> tuple[list[str], list[torch.Tensor], list[str], int | None]:
+    """``(names, log_probs, labels, pad_leading)`` of a ``--save_logits`` file (``pad_leading``
+    None for files written before it was recorded)."""
     saved = torch.load(path, weights_only=True)
     if saved["blank"] != len(saved["labels"]):
         raise ValueError(f"{path}: blank {saved['blank']} is not the last class")
-    return list(saved["names"]), list(saved["log_probs"]), list(saved["labels"])
+    names, labels = list(saved["names"]), list(saved["labels"])
+    return names, list(saved["log_probs"]), labels, saved.get("pad_leading")
 
 
 def manifest_references(
@@ -146,12 +154,18 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--beam_widths", type=int, nargs="+", default=[32])
     parser.add_argument("--num_workers", type=int, default=4, help="decoding processes")
     parser.add_argument("--out", type=Path, required=True, help="writes OUT.md and OUT.json")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="store the best setting in this checkpoint as its decoding settings",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
-    names, log_probs, labels = load_logits(args.logits)
+    names, log_probs, labels, pad_leading = load_logits(args.logits)
     if args.manifests:
         references = manifest_references(args.manifests, args.dataset_dir, labels)
     else:
@@ -180,6 +194,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{best['beta']:g}: WER {best['wer']:.3f} % (greedy {table['greedy']['wer']:.3f} %); "
         f"table in {args.out}.md and {args.out}.json"
     )
+    if args.checkpoint is not None:
+        settings = {"decoder": "beam", "beam_width": best["beam_width"], "lm": str(args.lm),
+                    "lm_alpha": best["alpha"], "lm_beta": best["beta"]}  # fmt: skip
+        if pad_leading is not None:
+            settings["pad_leading"] = int(pad_leading)
+        stored = decoding_settings.write(args.checkpoint, settings)
+        print(f"decoding settings stored in {args.checkpoint}: {stored}")
     return 0
 
 

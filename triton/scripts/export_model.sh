@@ -15,7 +15,7 @@
 #   DEVICE             auto, cpu or cuda: where TorchScript is traced; a CPU trace serves only on
 #                      the CPU server (model_repository.py --target cpu) (default: auto)
 #   PAD_LEADING        zero feature frames the served extractor puts in front, as inference.sh's
-#                      PAD_LEADING (default: 16)
+#                      PAD_LEADING (default: the checkpoint's decoding settings, else 16)
 #   BATCH_SIZE         TensorRT profile: largest and tuned batch (default: 8)
 #   MAX_DURATION       TensorRT profile: longest audio, seconds  (default: 16.7)
 #   PYTHON             (default: python3)
@@ -33,7 +33,7 @@ source scripts/lib/python.sh
 : "${EXPORT_DIR:=triton/model_repo}"
 : "${CHECK_AUDIO:=data/audio}"
 : "${DEVICE:=auto}"
-: "${PAD_LEADING:=16}"
+: "${PAD_LEADING:=}"
 : "${BATCH_SIZE:=8}"
 : "${MAX_DURATION:=16.7}"
 : "${PYTHON:=python3}"  # unless .venv/bin/python exists: scripts/lib/python.sh
@@ -49,13 +49,13 @@ args=(
   --precisions "${precisions[@]}"
   --check_audio "${check_audio[@]}"
   --device "$DEVICE"
-  --pad_leading "$PAD_LEADING"
   --trt_max_batch "$BATCH_SIZE"
   --trt_opt_batch "$BATCH_SIZE"
   --max_duration "$MAX_DURATION"
 )
 [[ -n "$MODEL_CONFIG" ]] && args+=(--model_config "$MODEL_CONFIG")
 [[ "$EMA" == true ]] && args+=(--ema)
+[[ -n "$PAD_LEADING" ]] && args+=(--pad_leading "$PAD_LEADING")
 
 cmd=("$PYTHON" "${args[@]}" "$@")
 printf '%q ' "${cmd[@]}"; echo
