@@ -101,6 +101,14 @@ def get_parser() -> argparse.ArgumentParser:
         help="weights and features; float64 (CPU, PyTorch loader, no AMP) makes runs comparable "
         "independently of the CPU's float32 kernels, e.g. 2 processes against 1 with accumulation",
     )
+    t.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="torch.compile the training forward and backward (the model, DDP-wrapped with "
+        "several processes); the first batches compile (a minute or more), a new batch shape "
+        "recompiles once and then the time axis is dynamic (bucketing gives few shapes)",
+    )
     t.add_argument("--seed", type=int, default=0, help="seed; rank r uses seed + r for its RNGs")
     t.add_argument(
         "--local_rank",
@@ -406,6 +414,7 @@ class Run:
     val_loader: Any
     steps_per_epoch: int
     model: torch.nn.Module  # DDP-wrapped with several processes
+    forward: Any  # what train_step calls: the model, or with --compile its compiled form
     ema_model: torch.nn.Module | None
     ctc: CTCLoss
     optimizer: torch.optim.Optimizer
@@ -631,6 +640,7 @@ def build_run(args: argparse.Namespace) -> Run:
         val_loader=val_loader,
         steps_per_epoch=steps_per_epoch,
         model=model,
+        forward=model,
         ema_model=make_ema_model(model).eval() if args.ema > 0 else None,
         ctc=CTCLoss(config.num_classes(cfg["labels"])),
         optimizer=optimizer,
@@ -647,13 +657,21 @@ def build_run(args: argparse.Namespace) -> Run:
         ),
         checkpointer=checkpointer,
     )
-    if world_size > 1:
-        ids = [device.index] if device.type == "cuda" else None
-        run.model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    wrap_model(run)
     if args.pre_allocate_range and device.type == "cuda":
         pre_allocate(run)  # draws random numbers: before the saved random state is restored
     resume(run)
     return run
+
+
+def wrap_model(run: Run) -> None:
+    """DDP with several processes, and with ``--compile`` the compiled step: compiling the (DDP)
+    module lets dynamo split the graph at DDP's gradient buckets. Evaluation and checkpoints keep
+    using the plain modules."""
+    if run.world_size > 1:
+        ids = [run.device.index] if run.device.type == "cuda" else None
+        run.model = torch.nn.parallel.DistributedDataParallel(run.model, device_ids=ids)
+    run.forward = torch.compile(run.model) if run.args.compile else run.model
 
 
 def pre_allocate(run: Run) -> None:
@@ -742,7 +760,7 @@ def train_step(run: Run, batch: tuple, last_micro_batch: bool) -> tuple[float, t
     skip_sync = run.world_size > 1 and not last_micro_batch
     with model.no_sync() if skip_sync else contextlib.nullcontext():
         with run.autocast():
-            log_probs, enc_lens = model(feats, feat_lens)
+            log_probs, enc_lens = run.forward(feats, feat_lens)
         loss = run.ctc(log_probs, txt, enc_lens, txt_lens) / run.accum
         # Every rank must agree to skip, or DDP's gradient all-reduce would hang. One all-reduce
         # (and one host sync) carries both the finite count and the loss sum.

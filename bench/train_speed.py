@@ -10,11 +10,13 @@ synchronisations.
 
 The forms (:class:`TrainForm`):
 
-- ``upstream-style``: upstream's training step: every convolution masked, eager, autocast (fp16
-  with a GradScaler), CTC in fp32, one host sync per step, the launcher's optimizer, EMA.
-- ``ours``: the recipe's default training path (``train.py``): today upstream's step, plus the
-  check of every gradient for inf/NaN that train.py makes where no GradScaler does (bf16, fp32).
-  The levers it gains are measured by naming them: ``--ours masks=none compile=true``.
+- ``upstream-style``: upstream's training step: every convolution masked, each building its own
+  mask and recomputing the lengths (:func:`jasper.model.upstream_masked_conv`), eager, autocast
+  (fp16 with a GradScaler), CTC in fp32, one host sync per step, the launcher's optimizer, EMA.
+- ``ours``: the recipe's default training path (``train.py``): every convolution masked with one
+  mask per block (the same zeros, tests/test_train_levers.py), plus the check of every gradient
+  for inf/NaN that train.py makes where no GradScaler does (bf16, fp32). Other levers are measured
+  by naming them: ``--ours compile=true`` (``train.py --compile``), ``masks=none``.
 
     python bench/train_speed.py --out results/train_speed          # GPU: batches of 64 x 16.7 s
     python bench/train_speed.py --out /tmp/train_speed --device cpu --batch_size 2 --duration 1 \\
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import gc
 import json
 import math
@@ -40,7 +43,7 @@ import torch
 from common import machine
 from common.optimizers import apply_ema, build_optimizer, make_ema_model, parameter_groups
 from jasper import config
-from jasper.model import CTCLoss, MaskedConv1d
+from jasper.model import CTCLoss, MaskedConv1d, upstream_masked_conv
 
 REPO = Path(__file__).resolve().parents[1]
 FULL_CONFIGS = (
@@ -61,7 +64,9 @@ class TrainForm:
     """How a training step runs. Every field but ``name`` is a lever; ``ours`` names its own."""
 
     name: str
-    masks: str = "config"  # all: every conv masked (upstream); none: no conv masks; config: YAML's
+    # upstream: every conv masked, each building its own mask (upstream's MaskedConv1d); all: every
+    # conv masked, one mask per block (this recipe's); none: no conv masks; config: the YAML's.
+    masks: str = "config"
     compile: bool = False  # torch.compile of the model, forward and backward
     optimizer: str = "launcher"  # launcher: the model's launcher default, or an optimizer name
     ema: bool = True  # the recipe's EMA of the weights after every step
@@ -73,8 +78,8 @@ class TrainForm:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "name"}
 
 
-UPSTREAM = TrainForm("upstream-style", masks="all", grad_check=False)
-OURS = TrainForm("ours")  # train.py's default path: the config's masks (all), eager
+UPSTREAM = TrainForm("upstream-style", masks="upstream", grad_check=False)
+OURS = TrainForm("ours")  # train.py's default path: the config's masks (all, one per block), eager
 
 
 def parse_form(base: TrainForm, settings: list[str]) -> TrainForm:
@@ -92,8 +97,8 @@ def parse_form(base: TrainForm, settings: list[str]) -> TrainForm:
         else:
             changes[key] = value
     form = dataclasses.replace(base, **changes)
-    if form.masks not in ("all", "none", "config"):
-        raise ValueError(f"--ours masks={form.masks}: use all, none or config")
+    if form.masks not in ("upstream", "all", "none", "config"):
+        raise ValueError(f"--ours masks={form.masks}: use upstream, all, none or config")
     return form
 
 
@@ -170,7 +175,9 @@ def build(cfg: dict, form: TrainForm, device: torch.device, seed: int):
     if form.masks != "config":
         for conv in model.modules():
             if isinstance(conv, MaskedConv1d):
-                conv.masked = form.masks == "all"
+                conv.masked = form.masks != "none"
+                if form.masks == "upstream":
+                    conv.forward = functools.partial(upstream_masked_conv, conv)
     name = form.optimizer
     if name == "launcher":
         name = LAUNCHER_OPTIMIZER[config.model_section(cfg)]

@@ -8,7 +8,11 @@ Separable Convolutions", https://arxiv.org/abs/1910.10261 (upstream QuartzNet's 
 Shape legend: B = batch, C = channels, T = frames, K = output classes (labels + blank).
 Features come in as (B, C=n_mels, T) with their valid lengths; every convolution zeroes the frames
 past the lengths of its input first ("masked" convolution), so a padded batch gives each utterance
-the same outputs it gets alone. The model returns per-frame log-probabilities (B, T_enc, K) and the
+the same outputs it gets alone. Upstream builds that mask in every convolution (about 110 times per
+step for Jasper 10x5dr, counting the dense-residual branches) and recomputes the lengths there;
+here a block builds it once for the lengths all its convolutions share (they change only in a
+strided convolution) and length-preserving convolutions pass their lengths through: the same
+zeros, far fewer small kernels on a GPU (:func:`padding_mask`). The model returns per-frame log-probabilities (B, T_enc, K) and the
 encoder lengths; the CTC blank is the last class.
 
 state_dict keys are upstream's exactly (docs/upstream.md#model-and-checkpoints):
@@ -57,9 +61,16 @@ def same_padding(kernel_size: int, stride: int, dilation: int) -> int:
     return (kernel_size // 2) * dilation
 
 
+def padding_mask(lens: torch.Tensor, frames: int) -> torch.Tensor:
+    """(B, 1, frames) bool, True at the padding: frame t >= lens[b]."""
+    return (torch.arange(frames, device=lens.device)[None, :] >= lens[:, None]).unsqueeze(1)
+
+
 class MaskedConv1d(nn.Conv1d):
-    """Conv1d whose ``forward(x, x_lens) -> (y, y_lens)`` zeroes input frames at t >= x_lens first
-    (when ``masked``) and returns the output lengths ``floor((L + 2p - d(k-1) - 1) / s) + 1``."""
+    """Conv1d whose ``forward(x, x_lens, pad=None) -> (y, y_lens)`` zeroes input frames at
+    t >= x_lens first (when ``masked``; ``pad``: that :func:`padding_mask`, when the caller has it)
+    and returns the output lengths ``floor((L + 2p - d(k-1) - 1) / s) + 1`` -- ``x_lens`` itself
+    when the convolution preserves lengths (stride 1, "same" padding)."""
 
     def __init__(
         self,
@@ -80,13 +91,30 @@ class MaskedConv1d(nn.Conv1d):
 
     def output_lengths(self, lens: torch.Tensor) -> torch.Tensor:
         k, s, p, d = self.kernel_size[0], self.stride[0], self.padding[0], self.dilation[0]
+        if s == 1 and 2 * p == d * (k - 1):
+            return lens
         return torch.div(lens + 2 * p - d * (k - 1) - 1, s, rounding_mode="floor") + 1
 
-    def forward(self, x: torch.Tensor, x_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, x_lens: torch.Tensor, pad: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.masked:
-            frames = torch.arange(x.size(2), device=x.device)
-            x = x.masked_fill((frames[None, :] >= x_lens[:, None]).unsqueeze(1), 0.0)
+            x = x.masked_fill(padding_mask(x_lens, x.size(2)) if pad is None else pad, 0.0)
         return super().forward(x), self.output_lengths(x_lens)
+
+
+def upstream_masked_conv(
+    conv: MaskedConv1d, x: torch.Tensor, x_lens: torch.Tensor, pad: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Upstream's MaskedConv1d.forward (jasper/model.py in DeepLearningExamples): a mask of its
+    own in every convolution (``pad`` is ignored) and the lengths recomputed, for the side-by-side
+    measurement (bench/train_speed.py) and the test that :class:`MaskedConv1d` computes the same."""
+    if conv.masked:
+        frames = torch.arange(x.size(2), device=x.device)
+        x = x.masked_fill((frames[None, :] >= x_lens[:, None]).unsqueeze(1), 0.0)
+    k, s, p, d = conv.kernel_size[0], conv.stride[0], conv.padding[0], conv.dilation[0]
+    lens = torch.div(x_lens + 2 * p - d * (k - 1) - 1, s, rounding_mode="floor") + 1
+    return nn.Conv1d.forward(conv, x), lens
 
 
 class GroupShuffle(nn.Module):
@@ -197,11 +225,16 @@ class JasperBlock(nn.Module):
 
     @staticmethod
     def _run(
-        layers: nn.ModuleList, x: torch.Tensor, lens: torch.Tensor
+        layers: nn.ModuleList, x: torch.Tensor, lens: torch.Tensor, pad: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``layers`` in order; ``pad``: the padding mask of ``lens`` (None: each conv makes its
+        own), valid until a conv changes the lengths."""
         for layer in layers:
             if isinstance(layer, MaskedConv1d):
-                x, lens = layer(x, lens)
+                x, out_lens = layer(x, lens, pad)
+                if out_lens is not lens:
+                    pad = None
+                lens = out_lens
             else:
                 x = layer(x)
         return x, lens
@@ -209,10 +242,15 @@ class JasperBlock(nn.Module):
     def forward(
         self, xs: list[torch.Tensor], lens: torch.Tensor
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        out, out_lens = self._run(self._modules[self.conv_name], xs[-1], lens)
+        x = xs[-1]
+        convs = self._modules[self.conv_name]
+        # One padding mask for every conv that reads frames of these lengths (xs all share them).
+        masked = any(isinstance(m, MaskedConv1d) and m.masked for m in convs)
+        pad = padding_mask(lens, x.size(2)) if masked else None
+        out, out_lens = self._run(convs, x, lens, pad)
         if self.res is not None:
             for i, branch in enumerate(self.res):
-                out = out + self._run(branch, xs[i], lens)[0]
+                out = out + self._run(branch, xs[i], lens, pad)[0]
         out = self._modules[self.out_name](out)
         return (xs + [out] if self.dense else [out]), out_lens
 

@@ -32,6 +32,7 @@ fi
 : "${MASTER_PORT:=29500}"
 : "${AMP:=false}"
 : "${PRECISION:=fp16}"
+: "${COMPILE:=false}"  # torch.compile the training step (measured by bench/gpu_check.sh)
 : "${BATCH_SIZE:=64}"
 : "${GRAD_ACCUMULATION_STEPS:=2}"
 : "${OPTIMIZER:=novograd}"
@@ -102,6 +103,7 @@ args=(
   --num_workers="$NUM_WORKERS"
 )
 [[ "$AMP" == true ]] && args+=(--amp --precision="$PRECISION")
+[[ "$COMPILE" == true ]] && args+=(--compile) || args+=(--no-compile)
 [[ "$RESUME" == true ]] && args+=(--resume) || args+=(--no-resume)
 [[ "$WEIGHT_DECAY_NORM_AND_BIAS" == true ]] || args+=(--no-weight_decay_norm_and_bias)
 [[ "$CUDNN_BENCHMARK" == true ]] && args+=(--cudnn_benchmark) || args+=(--no-cudnn_benchmark)

@@ -157,7 +157,7 @@ def test_ours_form_takes_named_levers():
     ours = train_speed.parse_form(train_speed.OURS, ["masks=none", "compile=true"])
     assert (ours.name, ours.masks, ours.compile, ours.ema) == ("ours", "none", True, True)
     upstream = train_speed.UPSTREAM
-    assert upstream.masks == "all" and not upstream.compile and not upstream.grad_check
+    assert upstream.masks == "upstream" and not upstream.compile and not upstream.grad_check
     for bad in (["speed=fast"], ["compile=maybe"], ["masks=some"], ["masks"]):
         with pytest.raises(ValueError):
             train_speed.parse_form(train_speed.OURS, bad)

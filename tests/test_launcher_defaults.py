@@ -16,7 +16,7 @@ from tests.conftest import REPO
 # and variables that are not a flag of their own (NUM_GPUS, PAD_TO_MAX_DURATION, MAX_DURATION ...).
 TRAIN = {
     "RESUME": "resume", "CUDNN_BENCHMARK": "cudnn_benchmark", "AMP": "amp",
-    "PRECISION": "precision", "BATCH_SIZE": "batch_size",
+    "PRECISION": "precision", "COMPILE": "compile", "BATCH_SIZE": "batch_size",
     "GRAD_ACCUMULATION_STEPS": "grad_accumulation_steps", "OPTIMIZER": "optimizer",
     "LEARNING_RATE": "lr", "MIN_LEARNING_RATE": "min_lr", "LR_POLICY": "lr_policy",
     "LR_EXP_GAMMA": "lr_exp_gamma", "LR_ORDER": "lr_order", "WEIGHT_DECAY": "weight_decay",
