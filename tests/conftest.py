@@ -7,6 +7,7 @@ from one another.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -144,3 +145,16 @@ def run_launcher(
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return run
+
+
+def load_script(folder: str, name: str):
+    """``REPO/folder/name.py`` (triton/ and bench/ hold scripts, not packages) as a module named
+    ``<folder>_<name>``, with its folder on sys.path for the script's own plain imports."""
+    path = str(REPO / folder)
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    spec = importlib.util.spec_from_file_location(f"{folder}_{name}", REPO / folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module

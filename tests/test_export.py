@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.util
 import io
 import json
-import sys
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import AUDIO, REFERENCE, REPO
 
 from common.audio import load_audio
 from common.features import FilterbankFeatures
@@ -28,25 +25,14 @@ from jasper import config
 from jasper.decoding import greedy_texts
 from jasper.model import greedy_decode
 from jasper.transcribe import load_model
+from tests.conftest import AUDIO, REFERENCE, load_script
 
 SMALL = REFERENCE / "small_model"
 SMALL_CKPT, SMALL_CONFIG = SMALL / "checkpoint.pt", SMALL / "config.yaml"
 EXAMPLES = sorted(AUDIO.glob("*.wav"))
 
 
-def _load_script(name: str):
-    """A script of triton/ as a module (its folder on sys.path for its own imports)."""
-    folder = str(REPO / "triton")
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
-    spec = importlib.util.spec_from_file_location(f"triton_{name}", REPO / "triton" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-export = _load_script("export")
+export = load_script("triton", "export")
 
 CONVERT = ["feature-extractor", "decoder", "ts-trace", "onnx", "tensorrt"]
 CONVERT += ["feature-extractor-onnx", "decoder-onnx"]

@@ -6,7 +6,6 @@ scripts/prepare_device.sh offline."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,20 +14,10 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.conftest import REPO, load_script
 
-
-def _load(name: str):
-    """A bench/ script as a module (bench/ is no package)."""
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-gpu_check = _load("gpu_check")
-train_speed = _load("train_speed")
+gpu_check = load_script("bench", "gpu_check")
+train_speed = load_script("bench", "train_speed")
 STAGES = ["prepare", "gpu_tests", "train_speed", "train_run", "dali", "export", "latency"]
 
 

@@ -35,7 +35,7 @@ from common.features import FilterbankFeatures
 from jasper import config, decoding_settings
 from jasper.decoding import greedy_texts
 from jasper.transcribe import Transcriber, load_model
-from tests.conftest import AUDIO, REFERENCE, REPO
+from tests.conftest import AUDIO, REFERENCE, REPO, load_script
 
 SMALL = REFERENCE / "small_model"
 SMALL_CKPT, SMALL_CONFIG = SMALL / "checkpoint.pt", SMALL / "config.yaml"
@@ -46,20 +46,8 @@ SECONDS = [2.3, 4.05, 1.07, 3.3, 2.79, 0.9, 3.71, 1.55]
 LOG_PROB_TOLERANCE = 5e-5  # float rounding of sums over other lengths; measured 1.3e-5
 
 
-def _load_script(name: str):
-    """A script of triton/ as a module (the folder on sys.path for its plain imports)."""
-    folder = str(REPO / "triton")
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
-    spec = importlib.util.spec_from_file_location(f"triton_{name}", REPO / "triton" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-export = _load_script("export")
-repository = _load_script("model_repository")
+export = load_script("triton", "export")
+repository = load_script("triton", "model_repository")
 deploy = sys.modules["deploy_modules"]
 
 

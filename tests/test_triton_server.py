@@ -24,7 +24,6 @@ failure to set up or start the server fails the test.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import re
@@ -36,7 +35,8 @@ import time
 import numpy as np
 import pytest
 import yaml
-from conftest import AUDIO, REFERENCE, REPO
+
+from tests.conftest import AUDIO, REFERENCE, REPO, load_script
 
 SMALL = REFERENCE / "small_model"
 SMALL_CKPT, SMALL_CONFIG = SMALL / "checkpoint.pt", SMALL / "config.yaml"
@@ -44,17 +44,6 @@ SCRIPTS = REPO / "triton" / "scripts"
 MAX_SECONDS = 20.0  # the repository's limit: longer audio must be refused
 ENSEMBLES = ["jasper-ts-trace-ensemble", "jasper-onnx-ensemble"]
 LABELS = yaml.safe_load(SMALL_CONFIG.read_text())["labels"]
-
-
-def _load_client():
-    folder = str(REPO / "triton")
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
-    spec = importlib.util.spec_from_file_location("triton_client", REPO / "triton" / "client.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _free_ports(n: int) -> list[int]:
@@ -193,7 +182,7 @@ def inference_transcripts(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client_module():
-    return _load_client()
+    return load_script("triton", "client")
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
