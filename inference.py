@@ -753,6 +753,15 @@ def resolve_decoding(args: argparse.Namespace) -> None:
     if args.vad or args.stream:
         given["decoder"] = "greedy"
     settings, taken = decoding_settings.resolve(given, decoding_settings.read(args.ckpt))
+    lm = settings["lm"]
+    if settings["decoder"] == "beam" and lm is not None and not Path(lm).is_file():
+        if "lm" in taken:
+            raise InputError(
+                f"LM not found: {lm}, which {args.ckpt}'s decoding settings name (an LM is "
+                "stored relative to the checkpoint's folder): move it along, or give LM=... "
+                "(--lm), or LM=none for beam search without it"
+            )
+        raise InputError(f"LM not found: {lm} (--lm / LM)")
     for key in keys:
         setattr(args, key, settings[key])
     log.info(decoding_settings.describe(settings, taken))

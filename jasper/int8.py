@@ -43,7 +43,7 @@ from torch import nn
 
 from common.audio import load_audio
 from common.features import FilterbankFeatures
-from jasper import config
+from jasper import config, decoding_settings
 from jasper.model import Jasper, MaskedConv1d
 from jasper.prepare import fold_batchnorm
 from jasper.transcribe import audio_files, load_model
@@ -303,7 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     model, cfg = load_model(args.ckpt, args.model_config, ema=args.ema)
     recordings = audio_files(args.calibration)
-    out = export_int8(model, cfg, recordings, args.output)
+    # Calibrate on the features as inference will feed them: the checkpoint's leading padding.
+    pad_leading = decoding_settings.read(args.ckpt).get("pad_leading", PAD_LEADING)
+    out = export_int8(model, cfg, recordings, args.output, pad_leading=pad_leading)
     log.info("int8 model of %s (calibrated on %d recordings): %s", args.ckpt, len(recordings), out)
     return 0
 

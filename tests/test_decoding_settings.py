@@ -167,3 +167,19 @@ def test_the_transcription_api_decodes_as_the_checkpoint_says(setup, tmp_path):
     words = set(lm.read_text().split("\\1-grams:")[1].split("\\2-grams:")[0].split())
     text = t.transcribe_file(LABELLED[0]).text
     assert set(text.split()) <= {w.lower() for w in words}  # the lexicon: the LM's words only
+
+
+def test_a_missing_stored_lm_is_one_clear_line(setup, tmp_path, capsys):
+    """A checkpoint copied without its LM: one line naming the LM and what to do, before any
+    model is loaded; LM=none still decodes by beam search without it."""
+    ckpt, _, lm = setup
+    alone = tmp_path / "ckpt.pt"
+    shutil.copy(ckpt, alone)
+    decoding_settings.write(alone, {"decoder": "beam", "lm": str(tmp_path / "lm" / lm.name)})
+    args = ["--ckpt", str(alone), "--model_config", str(SMALL_CONFIG), "--num_workers", "0",
+            "--output_dir", str(tmp_path), "--transcribe_wav", str(LABELLED[0])]  # fmt: skip
+    assert inference.main(args) == 2
+    err = capsys.readouterr().err
+    assert f"LM not found: {tmp_path / 'lm' / lm.name}" in err and "LM=none" in err
+    assert err.count("\n") == 1
+    assert inference.main([*args, "--lm", "none"]) == 0

@@ -103,7 +103,11 @@ def get_parser() -> argparse.ArgumentParser:
         help="normalise with the statistics of the last this many seconds (default: all so far)",
     )
     s.add_argument(
-        "--pad_leading", type=int, default=16, help="zero feature frames in front of the stream"
+        "--pad_leading",
+        type=int,
+        default=None,
+        help="zero feature frames in front of the stream (default: the checkpoint's decoding "
+        "settings, else 16)",
     )
     s.add_argument(
         "--block_seconds", type=float, default=0.1, help="audio read from the source at a time"
@@ -142,15 +146,17 @@ def build_streamer(args: argparse.Namespace) -> StreamingTranscriber:
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     speed = speed_options(args, device)
+    # Streaming decodes greedily; the checkpoint's decoding settings give the leading padding.
     offline = Transcriber.from_checkpoint(
         args.ckpt, args.model_config, ema=args.ema, device=device, speed=speed,
-        overrides=args.override_config,
+        overrides=args.override_config, decoding={"decoder": "greedy"},
+        pad_leading=args.pad_leading,
     )  # fmt: skip
     return StreamingTranscriber(
         offline.model, offline.cfg, device,
         chunk_seconds=args.chunk_seconds, left_seconds=args.left_context,
         right_seconds=args.right_context, warmup_seconds=args.warmup_seconds,
-        stats_seconds=args.stats_seconds, pad_leading=args.pad_leading,
+        stats_seconds=args.stats_seconds, pad_leading=offline.pad_leading,
     )  # fmt: skip
 
 
