@@ -527,7 +527,7 @@ def file_hypothesis(
             pad_leading=args.pad_leading,
         )  # fmt: skip
         list(transcribe_stream(streamer, file_chunks(path, streamer.sample_rate)))
-        return Hypothesis(streamer.text), None
+        return Hypothesis(streamer.text, tuple(streamer.words)), None
     log_probs = transcriber.log_probs(transcriber.load(path))
     return decoder.decode(log_probs), log_probs
 

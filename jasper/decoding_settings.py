@@ -154,6 +154,8 @@ def describe(settings: dict, taken: list[str]) -> str:
     else:
         what = "greedy"
     line = f"decoding: {what}, pad_leading {settings['pad_leading']}"
+    if settings["decoder"] == "greedy":  # the beam settings play no part
+        taken = [key for key in taken if key in ("decoder", "pad_leading")]
     if taken:
         line += f" ({', '.join(taken)} from the checkpoint)"
     return line

@@ -44,8 +44,7 @@ from __future__ import annotations
 import math
 import queue
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -56,6 +55,7 @@ from torch import nn
 from common.audio import load_audio
 from common.features import FilterbankFeatures, normalize_with
 from jasper import config
+from jasper.decoding import Word
 from jasper.transcribe import STFT_MARGIN_FRAMES, receptive_field
 
 SEPARATOR = " "  # the label between words
@@ -63,15 +63,6 @@ SEPARATOR = " "  # the label between words
 
 class MicrophoneUnavailableError(RuntimeError):
     """``sounddevice`` (or the audio system it needs) is missing; the message says what to do."""
-
-
-@dataclass(frozen=True)
-class TimedWord:
-    """A final word and where it lies in the stream, in seconds from its first sample."""
-
-    text: str
-    start: float  # first frame of its first letter
-    end: float  # end of the last frame of its last letter
 
 
 class StreamingTranscriber:
@@ -163,8 +154,9 @@ class StreamingTranscriber:
         self._squares = torch.zeros_like(self._sum)
         self._next = 0  # padded frame where the next chunk starts (a multiple of the stride)
         self._previous = self.blank  # the class of the last decoded encoder frame
-        self._letters: list[list[int]] = []  # the open word: [class id, first frame, last frame]
-        self.words: list[TimedWord] = []
+        # The open word: [class id, first frame, last frame, highest posterior] per letter.
+        self._letters: list[list] = []
+        self.words: list[Word] = []
         self.finished = False
 
     # ----------------------------------------------------------------------------------------
@@ -183,7 +175,7 @@ class StreamingTranscriber:
     @property
     def text(self) -> str:
         """Everything final so far, words separated by single spaces."""
-        return " ".join([w.text for w in self.words] + ([self.partial] if self._letters else []))
+        return " ".join([w.word for w in self.words] + ([self.partial] if self._letters else []))
 
     @property
     def seconds_received(self) -> float:
@@ -194,7 +186,7 @@ class StreamingTranscriber:
         """How far into the stream the output is final (seconds of audio)."""
         return max(0, self._next - self.pad_leading) * self.hop / self.sample_rate
 
-    def feed(self, samples: np.ndarray) -> list[TimedWord]:
+    def feed(self, samples: np.ndarray) -> list[Word]:
         """Add audio (1-D float32 at the model's rate, in [-1, 1]); the words that became final."""
         if self.finished:
             raise RuntimeError("the stream is finished: start a new StreamingTranscriber")
@@ -204,7 +196,7 @@ class StreamingTranscriber:
         self._extend_log_mel(final=False)
         return self._run_chunks(final=False)
 
-    def finish(self) -> list[TimedWord]:
+    def finish(self) -> list[Word]:
         """End of the stream: run what is left and close the last word; the words this adds."""
         if self.finished:
             return []
@@ -277,7 +269,7 @@ class StreamingTranscriber:
     # Model steps and decoding
 
     @torch.inference_mode()
-    def _run_chunks(self, final: bool) -> list[TimedWord]:
+    def _run_chunks(self, final: bool) -> list[Word]:
         """Run every chunk whose right context has arrived (at the end: every chunk left)."""
         received = self._mel_start + self._mel.size(1)  # audio frames
         if received == 0 or (not final and received < self.warmup):
@@ -296,8 +288,8 @@ class StreamingTranscriber:
             log_probs, _ = self.model(x[None], lens)
             first = (start - lo) // self.stride
             count = math.ceil(stop / self.stride) - start // self.stride
-            ids = log_probs[0, first : first + count].argmax(dim=-1).tolist()
-            words += self._collapse(ids, start // self.stride)
+            best, ids = log_probs[0, first : first + count].float().max(dim=-1)
+            words += self._collapse(ids.tolist(), best.exp().tolist(), start // self.stride)
             self._next = stop
         self._forget(available)
         return words
@@ -312,11 +304,15 @@ class StreamingTranscriber:
             self._mel = self._mel[:, drop:]
             self._mel_start += drop
 
-    def _collapse(self, ids: Iterable[int], first_frame: int) -> list[TimedWord]:
+    def _collapse(
+        self, ids: Sequence[int], posteriors: Sequence[float], first_frame: int
+    ) -> list[Word]:
         """CTC collapse of encoder frames ``first_frame, ...`` continuing the previous ones
-        (upstream's rule, :func:`common.metrics.ctc_collapse`); the words a separator closes."""
+        (upstream's rule, :func:`common.metrics.ctc_collapse`); the words a separator closes.
+        ``posteriors``: each frame's probability of its class (word confidences, as
+        :func:`jasper.decoding.words_from_path` computes them)."""
         words = []
-        for t, token in enumerate(ids, start=first_frame):
+        for t, (token, posterior) in enumerate(zip(ids, posteriors, strict=True), first_frame):
             emitted = token != self.blank and (
                 token != self._previous or self._previous == self.blank
             )
@@ -326,13 +322,14 @@ class StreamingTranscriber:
                     if word:
                         words.append(word)
             elif emitted:
-                self._letters.append([token, t, t])
+                self._letters.append([token, t, t, posterior])
             elif token != self.blank and self._letters:  # the same letter, one frame longer
                 self._letters[-1][2] = t
+                self._letters[-1][3] = max(self._letters[-1][3], posterior)
             self._previous = token
         return words
 
-    def _close_word(self) -> TimedWord | None:
+    def _close_word(self) -> Word | None:
         if not self._letters:
             return None
         offset = self.pad_leading / self.stride  # encoder frames of leading padding
@@ -340,8 +337,12 @@ class StreamingTranscriber:
         def seconds(frame: float) -> float:
             return round(max(frame - offset, 0.0) * self.frame_seconds, 3)
 
-        word = TimedWord(
-            self.partial, seconds(self._letters[0][1]), seconds(self._letters[-1][2] + 1)
+        confidence = round(min(letter[3] for letter in self._letters), 4)
+        word = Word(
+            self.partial,
+            seconds(self._letters[0][1]),
+            seconds(self._letters[-1][2] + 1),
+            confidence,
         )
         self._letters = []
         self.words.append(word)
@@ -350,7 +351,7 @@ class StreamingTranscriber:
 
 def transcribe_stream(
     streamer: StreamingTranscriber, chunks: Iterable[np.ndarray]
-) -> Iterator[TimedWord]:
+) -> Iterator[Word]:
     """Feed every chunk, then finish; the words in the order they become final."""
     for chunk in chunks:
         yield from streamer.feed(chunk)
@@ -455,7 +456,6 @@ def microphone_chunks(
 __all__ = [
     "MicrophoneUnavailableError",
     "StreamingTranscriber",
-    "TimedWord",
     "file_chunks",
     "microphone_chunks",
     "pcm16_chunks",

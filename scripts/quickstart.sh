@@ -46,7 +46,7 @@ fi
 # The recipe's launcher with settings for a 2.5M-parameter model trained for minutes: AdamW with
 # betas (0.9, 0.98) (AdamW's 0.999 adapts too slowly for a run of 2,000 steps), a short warmup and
 # a cosine decay over the run, evaluation twice an epoch, and the recipe's online speed
-# perturbation (0.85-1.15), which also shifts the formants: more voices for the unseen ones.
+# perturbation (0.85-1.15), which also shifts the formants: more varied voices.
 steps_per_epoch=$(( TRAIN_UTTS / BATCH_SIZE ))
 DATA_DIR="$DATA_DIR" MODEL_CONFIG="$MODEL_CONFIG" OUTPUT_DIR="$OUTPUT_DIR" \
   TRAIN_MANIFESTS="$DATA_DIR/librispeech-train-clean-100-wav.json" \

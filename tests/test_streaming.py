@@ -81,7 +81,8 @@ def test_a_minute_streamed_gives_the_offline_transcript_within_the_documented_ce
     model, cfg = small
     streamer = StreamingTranscriber(model, cfg)
     words = list(transcribe_stream(streamer, blocks(long_audio)))
-    assert " ".join(w.text for w in words) == streamer.text
+    assert " ".join(w.word for w in words) == streamer.text
+    assert all(0 <= w.confidence <= 1 for w in words)
     assert char_error_rate([streamer.text], [offline_text])[0] <= DEFAULT_CER_BOUND
 
 
@@ -219,7 +220,7 @@ def test_standard_input_raw_pcm_is_transcribed_as_the_same_samples(small, tmp_pa
         "--model_config", str(CONFIG), "--no-ema", "--save_predictions", str(prediction),
         stdin=pcm.tobytes(),
     )  # fmt: skip
-    assert printed_words(run.stdout) == [(w.start, w.end, w.text) for w in words]
+    assert printed_words(run.stdout) == [(w.start, w.end, w.word) for w in words]
     assert prediction.read_text() == f"-\t{expected.text}\n"
 
 

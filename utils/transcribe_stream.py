@@ -26,11 +26,11 @@ import torch
 from common.audio import AudioLoadError
 from common.checkpoint import CheckpointError
 from jasper import config
+from jasper.decoding import Word
 from jasper.prepare import add_speed_arguments, speed_options
 from jasper.streaming import (
     MicrophoneUnavailableError,
     StreamingTranscriber,
-    TimedWord,
     file_chunks,
     microphone_chunks,
     pcm16_chunks,
@@ -171,9 +171,9 @@ def source(args: argparse.Namespace, sample_rate: int) -> tuple[str, Iterator[np
     )
 
 
-def print_words(words: list[TimedWord]) -> None:
+def print_words(words: list[Word]) -> None:
     for w in words:
-        print(f"{w.start:8.2f} {w.end:8.2f}  {w.text}", flush=True)
+        print(f"{w.start:8.2f} {w.end:8.2f}  {w.word}", flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
