@@ -183,3 +183,13 @@ def test_a_missing_stored_lm_is_one_clear_line(setup, tmp_path, capsys):
     assert f"LM not found: {tmp_path / 'lm' / lm.name}" in err and "LM=none" in err
     assert err.count("\n") == 1
     assert inference.main([*args, "--lm", "none"]) == 0
+
+
+def test_tune_lm_refuses_a_missing_checkpoint_before_searching(tmp_path, capsys):
+    argv = [str(tmp_path / "no.logits.pt"), "--references", str(tmp_path / "refs.tsv"),
+            "--lm", str(tmp_path / "lm.arpa"), "--out", str(tmp_path / "t"),
+            "--checkpoint", str(tmp_path / "missing.pt")]  # fmt: skip
+    assert tune_lm.main(argv) == 2
+    assert (
+        capsys.readouterr().err == f"error: --checkpoint {tmp_path / 'missing.pt'}: no such file\n"
+    )

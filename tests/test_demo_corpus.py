@@ -231,3 +231,10 @@ def test_cli(tmp_path, capsys):
     assert "test-clean 2 utts" in line  # one utterance of each test voice
     mdc.main([*args, "--test-voices", "en-us+f4", "en-us+klatt4", "--no-progress"])
     assert "skipped" in capsys.readouterr().out
+
+
+def test_cli_refuses_a_training_voice_for_test_in_one_line(tmp_path, capsys):
+    args = ["--out", str(tmp_path / "c"), "--train", "1", "--dev", "1", "--test", "1"]
+    assert mdc.main([*args, "--test-voices", "en-us+m3", "--no-progress"]) == 2
+    assert capsys.readouterr().err == "error: test voice 'en-us+m3' is one of the training voices\n"
+    assert not (tmp_path / "c").exists()

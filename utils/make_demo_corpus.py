@@ -543,19 +543,24 @@ def main(argv=None):
     p.add_argument("--jobs", type=int, default=os.cpu_count(), help="worker processes")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
-    make_demo_corpus(
-        a.out,
-        seed=a.seed,
-        train=a.train,
-        dev=a.dev,
-        test=a.test,
-        vocab=a.vocab,
-        jobs=a.jobs,
-        test_voices=tuple(a.test_voices),
-        sentences=a.sentences,
-        progress=not a.no_progress,
-    )
+    try:
+        make_demo_corpus(
+            a.out,
+            seed=a.seed,
+            train=a.train,
+            dev=a.dev,
+            test=a.test,
+            vocab=a.vocab,
+            jobs=a.jobs,
+            test_voices=tuple(a.test_voices),
+            sentences=a.sentences,
+            progress=not a.no_progress,
+        )
+    except (ValueError, RuntimeError) as e:  # bad sizes or voices, a foreign folder, espeak
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -36,6 +36,7 @@ from typing import Literal
 
 import torch
 
+from common.checkpoint import CheckpointError
 from common.dataset import read_manifests
 from common.metrics import word_error_rate
 from jasper import decoding_settings
@@ -165,6 +166,9 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
+    if args.checkpoint is not None and not args.checkpoint.is_file():  # before the search
+        print(f"error: --checkpoint {args.checkpoint}: no such file", file=sys.stderr)
+        return 2
     names, log_probs, labels, pad_leading = load_logits(args.logits)
     if args.manifests:
         references = manifest_references(args.manifests, args.dataset_dir, labels)
@@ -199,7 +203,11 @@ def main(argv: list[str] | None = None) -> int:
                     "lm_alpha": best["alpha"], "lm_beta": best["beta"]}  # fmt: skip
         if pad_leading is not None:
             settings["pad_leading"] = int(pad_leading)
-        stored = decoding_settings.write(args.checkpoint, settings)
+        try:
+            stored = decoding_settings.write(args.checkpoint, settings)
+        except CheckpointError as e:
+            print(f"error: the table is written, but not the checkpoint: {e}", file=sys.stderr)
+            return 2
         print(f"decoding settings stored in {args.checkpoint}: {stored}")
     return 0
 
