@@ -287,7 +287,13 @@ def get_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--ckpt", required=True, help="checkpoint (.pt or .nemo)")
     p.add_argument("--model_config", default=None, help="config, if the checkpoint has none")
-    p.add_argument("--ema", action="store_true", help="quantize the EMA weights")
+    p.add_argument(
+        "--ema",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="quantize the EMA weights (the raw ones, with a warning, when the checkpoint has "
+        "none), as inference.py and inference.sh use them by default",
+    )
     p.add_argument(
         "--calibration",
         nargs="+",

@@ -114,7 +114,8 @@ def test_cli_writes_a_loadable_file(tmp_path):
     argv = ["--ckpt", str(SMALL / "checkpoint.pt"), "--model_config", str(SMALL / "config.yaml")]
     assert main([*argv, "--calibration", str(AUDIO / "goforward.wav"), "--output", str(out)]) == 0
     assert Int8Model(out).metadata["int8"]["calibration_audio"] == ["goforward.wav"]
-    assert get_parser().parse_args([*argv, "--output", "x"]).calibration == ["data/audio"]
+    parsed = get_parser().parse_args([*argv, "--output", "x"])
+    assert parsed.calibration == ["data/audio"] and parsed.ema  # the weights inference.py uses
     with pytest.raises(FileNotFoundError, match="int8 model not found"):
         Int8Model(tmp_path / "missing.onnx")
 
