@@ -94,7 +94,7 @@ from jasper.int8 import Int8Model, conv_geometry
 from jasper.model import greedy_decode
 from jasper.prepare import SpeedOptions, add_speed_arguments, prepare, speed_options
 from jasper.streaming import StreamingTranscriber, file_chunks, transcribe_stream
-from jasper.transcribe import Transcriber, audio_files, load_model
+from jasper.transcribe import Transcriber, add_checkpoint_arguments, audio_files, load_model
 
 log = logging.getLogger("inference")
 
@@ -105,33 +105,11 @@ class InputError(ValueError):
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        description="Greedy CTC inference, WER and latency with a Jasper/QuartzNet checkpoint.",
+        description="CTC inference (greedy, or beam search with an n-gram LM), WER and latency "
+        "with a Jasper/QuartzNet checkpoint.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    m = p.add_argument_group("model")
-    m.add_argument(
-        "--ckpt",
-        required=True,
-        help="checkpoint: this recipe's, upstream's (.pt) or NeMo's (.nemo)",
-    )
-    m.add_argument(
-        "--model_config",
-        default=None,
-        help="YAML config (default: the config stored in the checkpoint)",
-    )
-    m.add_argument(
-        "--override_config",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="dotted config override, e.g. input_val.audio_dataset.max_duration=16.7",
-    )
-    m.add_argument(
-        "--ema",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="use the EMA weights (the raw weights, with a warning, if there are none)",
-    )
+    m = add_checkpoint_arguments(p)
     m.add_argument(
         "--int8",
         default=None,
@@ -752,16 +730,7 @@ def resolve_decoding(args: argparse.Namespace) -> None:
     given = {key: getattr(args, key) for key in keys}
     if args.vad or args.stream:
         given["decoder"] = "greedy"
-    settings, taken = decoding_settings.resolve(given, decoding_settings.read(args.ckpt))
-    lm = settings["lm"]
-    if settings["decoder"] == "beam" and lm is not None and not Path(lm).is_file():
-        if "lm" in taken:
-            raise InputError(
-                f"LM not found: {lm}, which {args.ckpt}'s decoding settings name (an LM is "
-                "stored relative to the checkpoint's folder): move it along, or give LM=... "
-                "(--lm), or LM=none for beam search without it"
-            )
-        raise InputError(f"LM not found: {lm} (--lm / LM)")
+    settings, taken = decoding_settings.for_checkpoint(args.ckpt, given)
     for key in keys:
         setattr(args, key, settings[key])
     log.info(decoding_settings.describe(settings, taken))

@@ -39,6 +39,7 @@ from jasper import decoding_settings
 from jasper.int8 import Int8Model, export_int8
 from jasper.prepare import SpeedOptions, prepare
 from jasper.transcribe import Transcriber, load_model
+from utils.make_demo_corpus import read_speakers, speaker_of
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -64,15 +65,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def speaker(utt: Utterance) -> str:
-    return utt.speed_one_file().path.name.split("-")[0]
-
-
-def read_speakers(path: str | None) -> dict[str, str]:
-    """``{id: name}`` from lines ``id | ... | name``; lines starting with ';' are comments."""
-    if path is None:
-        return {}
-    rows = [line.split("|") for line in Path(path).read_text().splitlines()]
-    return {r[0].strip(): r[-1].strip() for r in rows if len(r) > 1 and not r[0].startswith(";")}
+    return speaker_of(utt.speed_one_file().path)
 
 
 def evaluation_utterances(args: argparse.Namespace, labels: list[str]) -> list[Utterance]:
@@ -160,9 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join(["python", "bench/int8_wer.py", *(sys.argv[1:] if argv is None else argv)])
     model, cfg = load_model(args.ckpt, args.model_config, ema=args.ema)
     labels = list(cfg["labels"])
-    pad = args.pad_leading
-    if pad is None:
-        pad = decoding_settings.read(args.ckpt).get("pad_leading", 16)
+    pad = decoding_settings.pad_leading(args.ckpt, args.pad_leading)
     utts = evaluation_utterances(args, labels)
     calibration = calibration_files(args, labels)
     with tempfile.TemporaryDirectory() as tmp:
@@ -180,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, u in enumerate(utts):
         by_speaker[speaker(u)].append(i)
     refs = [u.transcript for u in utts]
-    rows = score(by_speaker, refs, texts, read_speakers(args.speakers))
+    rows = score(by_speaker, refs, texts, read_speakers(args.speakers) if args.speakers else {})
     info = {
         "ckpt": args.ckpt, "manifest": args.manifest, "utterances": len(utts),
         "audio_seconds": sum(u.duration for u in utts),

@@ -123,6 +123,29 @@ def build(
     )  # fmt: skip
 
 
+def for_checkpoint(ckpt_path: str | Path, given: dict[str, Any] | None = None) -> tuple[dict, list]:
+    """:func:`resolve` of ``given`` against the checkpoint's settings; a beam search's LM must
+    exist (FileNotFoundError saying where its path came from and what to do)."""
+    settings, taken = resolve(given or {}, read(ckpt_path))
+    lm = settings["lm"]
+    if settings["decoder"] == "beam" and lm is not None and not Path(lm).is_file():
+        if "lm" in taken:
+            raise FileNotFoundError(
+                f"LM not found: {lm}, which {ckpt_path}'s decoding settings name (an LM is "
+                "stored relative to the checkpoint's folder): move it along, or give LM=... "
+                "(--lm), or LM=none for beam search without it"
+            )
+        raise FileNotFoundError(f"LM not found: {lm} (--lm / LM)")
+    return settings, taken
+
+
+def pad_leading(ckpt_path: str | Path, given: int | None = None) -> int:
+    """``given``, else the checkpoint's ``pad_leading``, else upstream's 16."""
+    return (
+        given if given is not None else read(ckpt_path).get("pad_leading", DEFAULTS["pad_leading"])
+    )
+
+
 def write(ckpt_path: str | Path, settings: dict) -> dict:
     """Store ``settings`` (merged over what the checkpoint holds) in the checkpoint, atomically.
 

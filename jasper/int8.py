@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     model, cfg = load_model(args.ckpt, args.model_config, ema=args.ema)
     recordings = audio_files(args.calibration)
     # Calibrate on the features as inference will feed them: the checkpoint's leading padding.
-    pad_leading = decoding_settings.read(args.ckpt).get("pad_leading", PAD_LEADING)
+    pad_leading = decoding_settings.pad_leading(args.ckpt)
     out = export_int8(model, cfg, recordings, args.output, pad_leading=pad_leading)
     log.info("int8 model of %s (calibrated on %d recordings): %s", args.ckpt, len(recordings), out)
     return 0

@@ -244,9 +244,9 @@ class JasperBlock(nn.Module):
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         x = xs[-1]
         convs = self._modules[self.conv_name]
-        # One padding mask for every conv that reads frames of these lengths (xs all share them).
-        masked = any(isinstance(m, MaskedConv1d) and m.masked for m in convs)
-        pad = padding_mask(lens, x.size(2)) if masked else None
+        # One padding mask for every conv that reads frames of these lengths (xs all share them);
+        # a block's convs are masked or not together (use_conv_masks, jasper.prepare).
+        pad = padding_mask(lens, x.size(2)) if convs[0].masked else None
         out, out_lens = self._run(convs, x, lens, pad)
         if self.res is not None:
             for i, branch in enumerate(self.res):

@@ -26,6 +26,7 @@ T_enc = encoder frames (T / stride), K = classes (labels + blank, the blank last
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
 from collections.abc import Iterable, Iterator, Sequence
@@ -115,6 +116,35 @@ def load_model(
             "(MODEL_CONFIG= for the scripts) to use it."
         ) from None
     return model.eval(), cfg
+
+
+def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The "model" options of the transcription CLIs (``inference.py``, the streaming CLI), as
+    :func:`load_model` takes them: ``--ckpt``, ``--model_config``, ``--override_config``,
+    ``--ema``. Returns the group, for options of the caller's own."""
+    m = parser.add_argument_group("model")
+    m.add_argument(
+        "--ckpt",
+        required=True,
+        help="checkpoint: this recipe's, upstream's (.pt) or NeMo's (.nemo)",
+    )
+    m.add_argument(
+        "--model_config", default=None, help="YAML config (default: the one the checkpoint stores)"
+    )
+    m.add_argument(
+        "--override_config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dotted config override, e.g. input_val.audio_dataset.max_duration=16.7",
+    )
+    m.add_argument(
+        "--ema",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="use the EMA weights (the raw weights, with a warning, if there are none)",
+    )
+    return m
 
 
 def shortest_audio(features: FilterbankFeatures) -> int:
@@ -225,7 +255,7 @@ class Transcriber:
         model, cfg = load_model(ckpt_path, model_config, ema=ema, overrides=overrides)
         prepared = prepare(model.to(device), speed or SpeedOptions(), inplace=True)
         given = {"pad_leading": kwargs.pop("pad_leading", None), **(decoding or {})}
-        settings, _ = decoding_settings.resolve(given, decoding_settings.read(ckpt_path))
+        settings, _ = decoding_settings.for_checkpoint(ckpt_path, given)
         if "decoder" not in kwargs:
             kwargs["decoder"] = decoding_settings.build(settings, cfg, model)
         return cls(prepared, cfg, device, pad_leading=settings["pad_leading"], **kwargs)
@@ -359,6 +389,7 @@ __all__ = [
     "AUDIO_EXTENSIONS",
     "Transcriber",
     "Transcript",
+    "add_checkpoint_arguments",
     "audio_files",
     "load_model",
     "receptive_field",

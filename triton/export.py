@@ -809,8 +809,7 @@ def run(args: argparse.Namespace) -> list[ExportManifest]:
         device = torch.device(args.device)
     names = requested_names(args.convert)
     model, cfg = load_model(args.ckpt, args.model_config, ema=args.ema)
-    if args.pad_leading is None:  # as inference.py resolves it
-        args.pad_leading = decoding_settings.read(args.ckpt).get("pad_leading", PAD_LEADING)
+    args.pad_leading = decoding_settings.pad_leading(args.ckpt, args.pad_leading)  # as inference
     dataset_kw, features_kw = config.input(cfg, "val")
     files = audio_files(args.check_audio)
     if args.check_files > 0:

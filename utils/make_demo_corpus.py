@@ -361,6 +361,18 @@ def _arguments(seed, train, dev, test, vocab, test_voices, sentences):
     }
 
 
+def read_speakers(path: str | os.PathLike) -> dict[str, str]:
+    """``{speaker id: name}`` of a SPEAKERS.TXT (this corpus's, or LibriSpeech's): lines
+    ``id | ... | name``, those starting with ';' comments."""
+    rows = [line.split("|") for line in Path(path).read_text().splitlines()]
+    return {r[0].strip(): r[-1].strip() for r in rows if len(r) > 1 and not r[0].startswith(";")}
+
+
+def speaker_of(audio: str | os.PathLike) -> str:
+    """The speaker id of a LibriSpeech-named file, ``<speaker>-<chapter>-<utt>``."""
+    return Path(audio).name.split("-")[0]
+
+
 def read_marker(out) -> dict | None:
     try:
         return json.loads((Path(out) / MARKER).read_text())

@@ -1,6 +1,7 @@
 """The quick start's closing summary: test WER of each held-out voice with greedy decoding, beam
-search without an LM and beam search with the LM (the checkpoint's decoding settings), a few
-predictions next to their references, the transcripts of the real recordings, and where the
+search without an LM (both decoded here from the saved log-probs) and beam search with the LM
+(evaluation.sh's predictions, made with the checkpoint's decoding settings), a few predictions
+next to their references, the transcripts of the real recordings, and where the
 outputs are. The per-voice table is also written to ``OUTPUT_DIR/test_wer_by_voice.{md,json}``.
 
     python utils/quickstart_summary.py --output_dir O --data_dir D --logits L --predictions P \
@@ -17,6 +18,7 @@ from common.metrics import word_error_rate
 from common.text import DEFAULT_LABELS, normalize
 from jasper import decoding_settings
 from jasper.decoding import BeamDecoder, GreedyDecoder
+from utils.make_demo_corpus import read_speakers, speaker_of
 from utils.tune_lm import load_logits, manifest_references
 
 
@@ -25,16 +27,6 @@ def read_predictions(path: Path) -> dict[str, str]:
     for line in path.read_text().splitlines():
         name, _, text = line.partition("\t")
         out[name] = text
-    return out
-
-
-def voices(data_dir: Path) -> dict[str, str]:
-    """Speaker id -> espeak voice, from the corpus's SPEAKERS.TXT."""
-    out = {}
-    for line in (data_dir / "SPEAKERS.TXT").read_text().splitlines():
-        if not line.startswith(";") and line.count("|") == 2:
-            speaker, _, voice = (part.strip() for part in line.split("|"))
-            out[speaker] = voice
     return out
 
 
@@ -52,7 +44,7 @@ def wer_by_voice(
     """One row per voice (and one for all): WER in % of each decoding."""
     groups: dict[str, list[int]] = {}
     for i, name in enumerate(names):
-        groups.setdefault(voice_of[Path(name).name.split("-")[0]], []).append(i)
+        groups.setdefault(voice_of[speaker_of(name)], []).append(i)
     rows = []
     for voice, idx in [*groups.items(), ("all", list(range(len(names))))]:
         row = {"voice": voice, "utterances": len(idx)}
@@ -102,16 +94,16 @@ def main() -> None:
 
     names, log_probs, labels, pad_leading = load_logits(args.logits)
     refs = manifest_references([str(args.manifest)], str(args.data_dir), labels)
-    settings, _ = decoding_settings.resolve({}, decoding_settings.read(args.checkpoint))
-    beam = {"beam_width": settings["beam_width"], "num_workers": 2}
-    lm = {"lm": settings["lm"], "alpha": settings["lm_alpha"], "beta": settings["lm_beta"]}
-    decoders = {
-        "greedy": GreedyDecoder(labels),
-        "beam": BeamDecoder(labels, **beam),
-        "lm": BeamDecoder(labels, **beam, **lm),
+    settings, _ = decoding_settings.for_checkpoint(args.checkpoint)
+    beam = BeamDecoder(labels, beam_width=settings["beam_width"], num_workers=2)
+    final = read_predictions(args.predictions)  # evaluation.sh's, with the settings above
+    hypotheses = {
+        "greedy": [h.text for h in GreedyDecoder(labels).decode_batch(log_probs)],
+        "beam": [h.text for h in beam.decode_batch(log_probs)],
+        "lm": [final[n] for n in names],
     }
-    hypotheses = {kind: [h.text for h in d.decode_batch(log_probs)] for kind, d in decoders.items()}
-    rows = wer_by_voice(names, hypotheses, refs, voices(args.data_dir))
+    beam.close()
+    rows = wer_by_voice(names, hypotheses, refs, read_speakers(args.data_dir / "SPEAKERS.TXT"))
     table = markdown(rows, settings)
     (args.output_dir / "test_wer_by_voice.md").write_text(table)
     (args.output_dir / "test_wer_by_voice.json").write_text(
@@ -123,9 +115,6 @@ def main() -> None:
         "never seen; the LM is a 3-gram of the training transcripts, alpha and beta tuned on dev):"
     )
     print(table)
-    final = read_predictions(args.predictions)  # what evaluation.sh wrote with these settings
-    same = sum(final.get(n) == h for n, h in zip(names, hypotheses["lm"], strict=True))
-    print(f"({same} of {len(names)} of evaluation.sh's transcripts equal the beam + LM column)")
     for i in range(min(args.show, len(names))):
         print(f"  ref:    {refs[names[i]]}\n  greedy: {hypotheses['greedy'][i]}")
         print(f"  LM:     {hypotheses['lm'][i]}")

@@ -35,7 +35,7 @@ from jasper.streaming import (
     microphone_chunks,
     pcm16_chunks,
 )
-from jasper.transcribe import Transcriber
+from jasper.transcribe import Transcriber, add_checkpoint_arguments
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -56,24 +56,7 @@ def get_parser() -> argparse.ArgumentParser:
         default=None,
         help="sounddevice input device (name or index; default: the system's)",
     )
-    m = p.add_argument_group("model")
-    m.add_argument("--ckpt", required=True, help="checkpoint: this recipe's, upstream's or NeMo's")
-    m.add_argument(
-        "--model_config", default=None, help="YAML config (default: the checkpoint's own)"
-    )
-    m.add_argument(
-        "--override_config",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="dotted config override",
-    )
-    m.add_argument(
-        "--ema",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="use the EMA weights (the raw weights, with a warning, if there are none)",
-    )
+    add_checkpoint_arguments(p)
     s = p.add_argument_group("streaming")
     s.add_argument(
         "--chunk_seconds", type=float, default=1.0, help="audio per model step whose output is kept"
